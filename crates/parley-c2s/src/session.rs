@@ -1,0 +1,652 @@
+//! One client connection, as a typestate: each phase consumes the last, so nothing is routed
+//! before a resource is bound.
+//!
+//! `Connected → (STARTTLS) → Secured → Authenticated → Bound`. Everything before `Bound` runs
+//! under the pre-authentication deadline. A bound session is one task that selects over the
+//! socket, its bounded outbound queue, its control (conflict, account disabled, slow consumer),
+//! server shutdown and the idle timer; one task instead of a reader and a writer keeps an idle
+//! session small.
+
+use crate::conn::{Conn, ConnError};
+use crate::sasl::{self, Mechanism, SaslContext, SaslExchange, SaslStep};
+use crate::tls::TlsSettings;
+use parley_directory::Directory;
+use parley_proto::reader::{Limits, StreamEvent, StreamHeader};
+use parley_proto::stanza::{EnvelopeError, attr_name};
+use parley_proto::{
+    BareJid, Element, FullJid, Jid, Stanza, StanzaError, StanzaErrorCondition, StreamError,
+    StreamErrorCondition as Cond, ns, writer,
+};
+use parley_router::{BindError, Outbound, Router, SessionControl};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout_at};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// How a listener's connections start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerMode {
+    /// Plain TCP, upgraded with STARTTLS (RFC 6120 §5).
+    StartTls,
+    /// TLS from the first byte (XEP-0368).
+    DirectTls,
+}
+
+/// The c2s settings, resolved from the configuration by the server.
+#[derive(Debug, Clone)]
+pub struct C2sSettings {
+    pub domain: BareJid,
+    pub require_starttls: bool,
+    pub pre_auth_timeout: Duration,
+    pub ping_idle_after: Duration,
+    pub ping_timeout: Duration,
+    pub close_timeout: Duration,
+    pub limits: Limits,
+    pub outbound_queue: usize,
+    pub max_connections_per_ip: usize,
+    pub mechanisms: Vec<Mechanism>,
+    pub max_auth_attempts: u32,
+}
+
+/// What every connection shares.
+pub struct C2sContext {
+    pub router: Router,
+    pub directory: Arc<dyn Directory>,
+    pub tls: Arc<TlsSettings>,
+    pub settings: C2sSettings,
+    pub shutdown: CancellationToken,
+}
+
+fn stream_err(condition: Cond, text: &str) -> ConnError {
+    ConnError::Stream(StreamError::with_text(condition, text))
+}
+
+fn random_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Drives one accepted connection to its end, whatever happens.
+pub async fn handle_connection(tcp: TcpStream, peer: SocketAddr, mode: ListenerMode, ctx: Arc<C2sContext>) {
+    let _ = tcp.set_nodelay(true);
+    let deadline = Instant::now() + ctx.settings.pre_auth_timeout;
+    let result = match mode {
+        ListenerMode::DirectTls => {
+            let acceptor = TlsAcceptor::from(ctx.tls.direct_tls_config());
+            match timeout_at(deadline, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    let binding = channel_binding(&tls);
+                    let conn = Conn::new(tls, ctx.settings.limits);
+                    secured(conn, &ctx, deadline, true, binding).await
+                }
+                Ok(Err(e)) => Err(ConnError::Io(e)),
+                Err(_) => Err(ConnError::Closed),
+            }
+        }
+        ListenerMode::StartTls => starttls(tcp, &ctx, deadline).await,
+    };
+    match result {
+        Ok(()) | Err(ConnError::Closed) => tracing::debug!(%peer, "connection ended"),
+        Err(e) => tracing::debug!(%peer, error = %e, "connection ended"),
+    }
+}
+
+/// The tls-exporter channel binding (RFC 9266) of an established TLS session.
+fn channel_binding(tls: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; 32];
+    tls.get_ref()
+        .1
+        .export_keying_material(&mut out, b"EXPORTER-Channel-Binding", None)
+        .ok()?;
+    Some(out)
+}
+
+/// Runs a negotiation phase under the pre-authentication deadline; on failure the peer gets
+/// the stream error and the stream is closed.
+async fn negotiate<S, T, F>(conn: &mut Conn<S>, deadline: Instant, phase: F) -> Result<T, ConnError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: AsyncFnOnce(&mut Conn<S>) -> Result<T, ConnError>,
+{
+    let result = match timeout_at(deadline, phase(conn)).await {
+        Ok(result) => result,
+        Err(_) => Err(stream_err(
+            Cond::ConnectionTimeout,
+            "Stream negotiation took too long",
+        )),
+    };
+    if let Err(ConnError::Stream(error)) = &result {
+        conn.send_error_and_close(error).await;
+    }
+    result
+}
+
+fn starttls_feature(required: bool) -> Element {
+    let mut starttls = Element::bare("starttls", ns::TLS);
+    if required {
+        starttls.append_child(Element::bare("required", ns::TLS));
+    }
+    starttls
+}
+
+fn mechanisms_feature(offered: &[Mechanism]) -> Element {
+    let mut mechanisms = Element::bare("mechanisms", ns::SASL);
+    for mechanism in offered {
+        mechanisms.append_child(
+            Element::builder("mechanism", ns::SASL)
+                .append(mechanism.name())
+                .build(),
+        );
+    }
+    mechanisms
+}
+
+fn sasl_context(ctx: &C2sContext, secure: bool, channel_binding: Option<Vec<u8>>) -> SaslContext {
+    SaslContext {
+        secure,
+        channel_binding,
+        domain: ctx.settings.domain.to_string(),
+    }
+}
+
+fn offered(ctx: &C2sContext, sasl: &SaslContext) -> Vec<Mechanism> {
+    sasl::offered_mechanisms(&ctx.settings.mechanisms, sasl, ctx.directory.supports_scram())
+}
+
+/// Reads the client's stream header and answers with ours and `features`.
+async fn open_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    ctx: &C2sContext,
+    features: Element,
+) -> Result<(), ConnError> {
+    let header = match conn.next_event().await? {
+        StreamEvent::Header(header) => header,
+        _ => return Err(stream_err(Cond::BadFormat, "Expected a stream header")),
+    };
+    let domain = ctx.settings.domain.as_str();
+    let reply_to = header.from.as_deref().filter(|from| Jid::new(from).is_ok());
+    let lang = header
+        .lang
+        .as_deref()
+        .filter(|l| l.len() <= 35 && !l.contains(['\'', '"', '<', '&']));
+    conn.send_raw(&writer::stream_header(
+        domain,
+        reply_to,
+        &random_id(),
+        lang.unwrap_or("en"),
+    ))
+    .await?;
+    conn.header_sent = true;
+    check_header(&header, domain)?;
+    conn.send(&features).await?;
+    Ok(())
+}
+
+/// RFC 6120 §4.7: the stream must be for our domain and speak version 1.0.
+fn check_header(header: &StreamHeader, domain: &str) -> Result<(), ConnError> {
+    if let Some(to) = header.to.as_deref()
+        && !to.eq_ignore_ascii_case(domain)
+    {
+        return Err(stream_err(
+            Cond::HostUnknown,
+            "This server does not serve that domain",
+        ));
+    }
+    let major = header
+        .version
+        .as_deref()
+        .and_then(|v| v.split('.').next()?.parse::<u32>().ok());
+    if major != Some(1) {
+        return Err(stream_err(
+            Cond::UnsupportedVersion,
+            "Parley speaks XMPP version 1.0",
+        ));
+    }
+    Ok(())
+}
+
+/// The next top-level element, or the end of the stream as `Closed`.
+async fn next_element<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>) -> Result<Element, ConnError> {
+    match conn.next_event().await? {
+        StreamEvent::Element(element) => Ok(element),
+        StreamEvent::End => {
+            conn.close().await;
+            Err(ConnError::Closed)
+        }
+        StreamEvent::Header(_) => Err(stream_err(Cond::BadFormat, "Unexpected stream header")),
+    }
+}
+
+/// The stream error for an element that has no place here.
+fn unexpected(element: &Element, before_auth: bool) -> ConnError {
+    let is_stanza_name = matches!(element.name(), "message" | "presence" | "iq");
+    if is_stanza_name && !element.has_ns(ns::CLIENT) || element.has_ns("") {
+        return stream_err(
+            Cond::InvalidNamespace,
+            "Stanzas must be in the jabber:client namespace",
+        );
+    }
+    if is_stanza_name && before_auth {
+        return stream_err(Cond::NotAuthorized, "Authenticate and bind a resource first");
+    }
+    stream_err(Cond::UnsupportedStanzaType, "That element is not supported here")
+}
+
+/// The plaintext phase of a STARTTLS listener: features, `<starttls/>`, `<proceed/>`, handshake.
+async fn starttls(tcp: TcpStream, ctx: &Arc<C2sContext>, deadline: Instant) -> Result<(), ConnError> {
+    let mut conn = Conn::new(tcp, ctx.settings.limits);
+    let upgrade = negotiate(&mut conn, deadline, async |conn| {
+        let mut features = Element::builder("features", ns::STREAM)
+            .append(starttls_feature(ctx.settings.require_starttls))
+            .build();
+        if !ctx.settings.require_starttls {
+            features.append_child(mechanisms_feature(&offered(ctx, &sasl_context(ctx, false, None))));
+        }
+        open_stream(conn, ctx, features).await?;
+        loop {
+            let element = next_element(conn).await?;
+            if element.is("starttls", ns::TLS) {
+                conn.send(&Element::bare("proceed", ns::TLS)).await?;
+                return Ok(None);
+            }
+            if element.is("auth", ns::SASL) {
+                if ctx.settings.require_starttls {
+                    conn.send(&sasl::failure_element(sasl::SaslFailure::EncryptionRequired))
+                        .await?;
+                    continue;
+                }
+                return Ok(Some(element));
+            }
+            return Err(unexpected(&element, true));
+        }
+    })
+    .await?;
+    if let Some(first_auth) = upgrade {
+        // Only with require_starttls = false: authenticate in plaintext (never with PLAIN).
+        return authenticate_and_run(
+            conn,
+            ctx,
+            deadline,
+            sasl_context(ctx, false, None),
+            Some(first_auth),
+        )
+        .await;
+    }
+    let acceptor = TlsAcceptor::from(ctx.tls.starttls_config());
+    let tls = match timeout_at(deadline, acceptor.accept(conn.into_io())).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return Err(ConnError::Io(e)),
+        Err(_) => return Err(ConnError::Closed),
+    };
+    let binding = channel_binding(&tls);
+    let conn = Conn::new(tls, ctx.settings.limits);
+    secured(conn, ctx, deadline, true, binding).await
+}
+
+/// A TLS-protected stream before authentication.
+async fn secured<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: Conn<S>,
+    ctx: &Arc<C2sContext>,
+    deadline: Instant,
+    secure: bool,
+    binding: Option<Vec<u8>>,
+) -> Result<(), ConnError> {
+    let sasl = sasl_context(ctx, secure, binding);
+    negotiate(&mut conn, deadline, async |conn| {
+        let features = Element::builder("features", ns::STREAM)
+            .append(mechanisms_feature(&offered(ctx, &sasl)))
+            .build();
+        open_stream(conn, ctx, features).await
+    })
+    .await?;
+    authenticate_and_run(conn, ctx, deadline, sasl, None).await
+}
+
+/// SASL (RFC 6120 §6), then the restarted stream, bind, and the bound session.
+async fn authenticate_and_run<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: Conn<S>,
+    ctx: &Arc<C2sContext>,
+    deadline: Instant,
+    sasl: SaslContext,
+    first_auth: Option<Element>,
+) -> Result<(), ConnError> {
+    let localpart = negotiate(&mut conn, deadline, async |conn| {
+        authenticate(conn, ctx, sasl, first_auth).await
+    })
+    .await?;
+    conn.restart();
+    let node = jid::NodePart::new(&localpart).map_err(|_| {
+        stream_err(
+            Cond::InternalServerError,
+            "The account name is not a valid localpart",
+        )
+    })?;
+    let account = BareJid::from_parts(Some(&node), ctx.settings.domain.domain());
+    let queue = mpsc::channel(ctx.settings.outbound_queue);
+    let control = Arc::new(SessionControl::default());
+    let (jid, id) = negotiate(&mut conn, deadline, async |conn| {
+        let mut features = Element::builder("features", ns::STREAM)
+            .append(Element::bare("bind", ns::BIND))
+            .append(
+                Element::builder("session", ns::SESSION)
+                    .append(Element::bare("optional", ns::SESSION))
+                    .build(),
+            )
+            .build();
+        for feature in ctx.router.stream_features() {
+            features.append_child(feature.clone());
+        }
+        open_stream(conn, ctx, features).await?;
+        bind(conn, ctx, &account, queue.0.clone(), control.clone()).await
+    })
+    .await?;
+    drop(queue.0);
+    let result = Bound {
+        conn,
+        ctx: ctx.clone(),
+        jid: jid.clone(),
+        queue: queue.1,
+        control,
+    }
+    .run()
+    .await;
+    ctx.router.unbind(&jid, id).await;
+    result
+}
+
+/// The SASL exchange; returns the authenticated localpart.
+async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    ctx: &C2sContext,
+    sasl: SaslContext,
+    mut pending: Option<Element>,
+) -> Result<String, ConnError> {
+    let offered = offered(ctx, &sasl);
+    let mut failures = 0;
+    loop {
+        let element = match pending.take() {
+            Some(element) => element,
+            None => next_element(conn).await?,
+        };
+        let failure = match sasl::parse_client_message(&element) {
+            None => return Err(unexpected(&element, true)),
+            Some(Err(failure)) => failure,
+            Some(Ok(sasl::ClientMessage::Abort)) => sasl::SaslFailure::Aborted,
+            Some(Ok(sasl::ClientMessage::Response(_))) => sasl::SaslFailure::MalformedRequest,
+            Some(Ok(sasl::ClientMessage::Auth {
+                mechanism,
+                initial_response,
+            })) => match SaslExchange::start(&mechanism, &offered, sasl.clone(), ctx.directory.clone()) {
+                Err(failure) => failure,
+                Ok(mut exchange) => {
+                    match run_exchange(conn, &mut exchange, initial_response.unwrap_or_default()).await? {
+                        Ok(localpart) => return Ok(localpart),
+                        Err(failure) => failure,
+                    }
+                }
+            },
+        };
+        conn.send(&sasl::failure_element(failure)).await?;
+        failures += 1;
+        if failures >= ctx.settings.max_auth_attempts {
+            return Err(stream_err(
+                Cond::PolicyViolation,
+                "Too many failed authentication attempts",
+            ));
+        }
+    }
+}
+
+async fn run_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    exchange: &mut SaslExchange,
+    mut data: Vec<u8>,
+) -> Result<Result<String, sasl::SaslFailure>, ConnError> {
+    loop {
+        match exchange.step(&data).await {
+            SaslStep::Success {
+                localpart,
+                additional_data,
+            } => {
+                conn.send(&sasl::success_element(additional_data.as_deref()))
+                    .await?;
+                return Ok(Ok(localpart));
+            }
+            SaslStep::Failure(failure) => return Ok(Err(failure)),
+            SaslStep::Challenge(challenge) => {
+                conn.send(&sasl::challenge_element(&challenge)).await?;
+                let element = next_element(conn).await?;
+                match sasl::parse_client_message(&element) {
+                    None => return Err(unexpected(&element, true)),
+                    Some(Err(failure)) => return Ok(Err(failure)),
+                    Some(Ok(sasl::ClientMessage::Response(response))) => data = response,
+                    Some(Ok(sasl::ClientMessage::Abort)) => return Ok(Err(sasl::SaslFailure::Aborted)),
+                    Some(Ok(sasl::ClientMessage::Auth { .. })) => {
+                        return Ok(Err(sasl::SaslFailure::MalformedRequest));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn iq_reply(request: &Element, payload: Option<Element>) -> Element {
+    let mut reply = Element::builder("iq", ns::CLIENT)
+        .attr(attr_name("type"), "result")
+        .build();
+    if let Some(id) = request.attr("id") {
+        parley_proto::stanza::set_attr(&mut reply, "id", Some(id));
+    }
+    if let Some(payload) = payload {
+        reply.append_child(payload);
+    }
+    reply
+}
+
+fn iq_error(request: &Element, condition: StanzaErrorCondition) -> Element {
+    let mut reply = Element::builder("iq", ns::CLIENT)
+        .attr(attr_name("type"), "error")
+        .build();
+    if let Some(id) = request.attr("id") {
+        parley_proto::stanza::set_attr(&mut reply, "id", Some(id));
+    }
+    reply.append_child(StanzaError::new(condition).to_element());
+    reply
+}
+
+/// Resource binding (RFC 6120 §7): the client's resource or a generated one.
+async fn bind<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    ctx: &C2sContext,
+    account: &BareJid,
+    queue: mpsc::Sender<Outbound>,
+    control: Arc<SessionControl>,
+) -> Result<(FullJid, u64), ConnError> {
+    loop {
+        let element = next_element(conn).await?;
+        let bind_request = element.is("iq", ns::CLIENT)
+            && element.attr("type") == Some("set")
+            && element.get_child("bind", ns::BIND).is_some();
+        if !bind_request {
+            return Err(unexpected(&element, true));
+        }
+        let requested = element
+            .get_child("bind", ns::BIND)
+            .and_then(|b| b.get_child("resource", ns::BIND))
+            .map(|r| r.text())
+            .filter(|r| !r.trim().is_empty());
+        let resource = requested.unwrap_or_else(|| format!("parley-{}", random_id()));
+        let Ok(jid) = account.with_resource_str(&resource) else {
+            conn.send(&iq_error(&element, StanzaErrorCondition::BadRequest))
+                .await?;
+            continue;
+        };
+        match ctx.router.bind(jid.clone(), queue.clone(), control.clone()).await {
+            Ok(id) => {
+                let payload = Element::builder("bind", ns::BIND)
+                    .append(Element::builder("jid", ns::BIND).append(jid.as_str()).build())
+                    .build();
+                conn.send(&iq_reply(&element, Some(payload))).await?;
+                return Ok((jid, id));
+            }
+            Err(BindError::TooManyResources) => {
+                conn.send(&iq_error(&element, StanzaErrorCondition::ResourceConstraint))
+                    .await?;
+            }
+        }
+    }
+}
+
+/// A bound session: the steady state.
+struct Bound<S> {
+    conn: Conn<S>,
+    ctx: Arc<C2sContext>,
+    jid: FullJid,
+    queue: mpsc::Receiver<Outbound>,
+    control: Arc<SessionControl>,
+}
+
+/// Most stanzas written in one go before the socket is flushed.
+const WRITE_BATCH: usize = 64;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
+    async fn run(mut self) -> Result<(), ConnError> {
+        let settings = &self.ctx.settings;
+        let (ping_idle_after, ping_timeout, close_timeout) = (
+            settings.ping_idle_after,
+            settings.ping_timeout,
+            settings.close_timeout,
+        );
+        let shutdown = self.ctx.shutdown.clone();
+        let control = self.control.clone();
+        let idle = tokio::time::sleep(ping_idle_after);
+        tokio::pin!(idle);
+        let mut ping_outstanding = false;
+        let result = loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    break Err(StreamError::with_text(Cond::SystemShutdown, "The server is shutting down"));
+                }
+                reason = control.closed() => break Err(reason),
+                outbound = self.queue.recv() => {
+                    let Some(Outbound::Stanza(stanza)) = outbound else { break Ok(()) };
+                    self.conn.queue(stanza.element());
+                    for _ in 1..WRITE_BATCH {
+                        match self.queue.try_recv() {
+                            Ok(Outbound::Stanza(stanza)) => self.conn.queue(stanza.element()),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = self.conn.flush().await {
+                        return Err(e.into());
+                    }
+                }
+                event = self.conn.next_event() => {
+                    if self.conn.take_activity() {
+                        idle.as_mut().reset(Instant::now() + ping_idle_after);
+                        ping_outstanding = false;
+                    }
+                    match event {
+                        Ok(StreamEvent::Element(element)) => {
+                            if let Err(e) = self.inbound(element).await {
+                                match e {
+                                    ConnError::Stream(error) => break Err(error),
+                                    other => return Err(other),
+                                }
+                            }
+                        }
+                        Ok(StreamEvent::End) => {
+                            self.conn.close().await;
+                            return Ok(());
+                        }
+                        Ok(StreamEvent::Header(_)) => {
+                            break Err(StreamError::with_text(Cond::BadFormat, "Unexpected stream header"));
+                        }
+                        Err(ConnError::Stream(error)) => break Err(error),
+                        Err(other) => return Err(other),
+                    }
+                }
+                () = &mut idle => {
+                    if ping_outstanding {
+                        break Err(StreamError::with_text(Cond::ConnectionTimeout, "No answer to ping"));
+                    }
+                    // XEP-0199 §4.2: ask an idle client whether it is still there.
+                    let ping = Stanza::new(parley_proto::StanzaKind::Iq)
+                        .with_type("get")
+                        .with_id(&format!("ping-{}", random_id()))
+                        .with_from(self.ctx.settings.domain.clone())
+                        .with_to(self.jid.clone())
+                        .with_child(Element::bare("ping", ns::PING));
+                    self.conn.send(ping.element()).await?;
+                    ping_outstanding = true;
+                    idle.as_mut().reset(Instant::now() + ping_timeout);
+                }
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.conn.close().await;
+                Ok(())
+            }
+            Err(error) => {
+                self.conn.send_error_and_close(&error).await;
+                // Give the client a moment to close its side, as RFC 6120 §4.4 asks.
+                let _ = tokio::time::timeout(close_timeout, async {
+                    while !matches!(self.conn.next_event().await, Err(_) | Ok(StreamEvent::End)) {}
+                })
+                .await;
+                Err(ConnError::Stream(error))
+            }
+        }
+    }
+
+    /// One element from the client: stamp it and hand it to the router.
+    async fn inbound(&mut self, mut element: Element) -> Result<(), ConnError> {
+        if !element.has_ns(ns::CLIENT) || !matches!(element.name(), "message" | "presence" | "iq") {
+            return Err(unexpected(&element, false));
+        }
+        // RFC 6120 §8.1.2.1: a client may only name itself as the sender.
+        if let Some(from) = element.attr("from") {
+            let claimed =
+                Jid::new(from).map_err(|_| stream_err(Cond::InvalidFrom, "Malformed from address"))?;
+            if claimed != self.jid.clone() && claimed != self.jid.to_bare() {
+                return Err(stream_err(Cond::InvalidFrom, "You may only send as yourself"));
+            }
+            parley_proto::stanza::set_attr(&mut element, "from", None);
+        }
+        // Legacy session establishment (RFC 3921 §3) is a no-op that old clients still send.
+        if element.name() == "iq"
+            && element.attr("type") == Some("set")
+            && element.get_child("session", ns::SESSION).is_some()
+        {
+            return Ok(self.conn.send(&iq_reply(&element, None)).await?);
+        }
+        let stanza = match Stanza::from_element(element.clone()) {
+            Ok(stanza) => stanza,
+            Err(EnvelopeError::BadAddress { .. }) => {
+                // Answer with jid-malformed, addressed back without the bad attribute.
+                parley_proto::stanza::set_attr(&mut element, "to", None);
+                if let Ok(stanza) = Stanza::from_element(element)
+                    && let Some(mut reply) = stanza
+                        .with_to(self.jid.clone())
+                        .error_reply(&StanzaError::new(StanzaErrorCondition::JidMalformed))
+                {
+                    reply.set_from(None);
+                    self.conn.send(reply.element()).await?;
+                }
+                return Ok(());
+            }
+            Err(EnvelopeError::BadIq) => {
+                return Err(stream_err(Cond::InvalidXml, "An iq needs an id and a valid type"));
+            }
+            Err(EnvelopeError::NotAStanza(_)) => return Err(unexpected(&element, false)),
+        };
+        self.ctx.router.submit(stanza.with_from(self.jid.clone())).await;
+        Ok(())
+    }
+}

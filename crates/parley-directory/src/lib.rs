@@ -1,0 +1,104 @@
+//! parley-directory: the source of truth for who exists.
+//!
+//! Owns the [`Directory`] trait (authentication, SCRAM credentials, people, groups, a change feed), the
+//! PRECIS normalisation of localparts and passwords, [`ScramCredentials`], and [`StaticDirectory`], the
+//! embedded default backed by one TOML file with argon2id hashes and SCRAM keys.
+//!
+//! It must not touch sockets, XMPP streams or the storage crate, and never stores a password or a
+//! salted password: only argon2id PHC strings and SCRAM StoredKey/ServerKey. The SASL protocol itself
+//! lives in `parley-c2s`; this crate only answers its questions.
+
+mod normalize;
+mod scram;
+mod static_dir;
+
+use std::path::PathBuf;
+
+pub use normalize::{MAX_LOCALPART_BYTES, MAX_PASSWORD_BYTES, normalize_localpart, normalize_password};
+pub use scram::{ScramCredentials, ScramHash, constant_time_eq};
+pub use static_dir::{
+    DEFAULT_PATH, MAX_FILE_BYTES, PersonDetails, RELOAD_CHECK_INTERVAL, SCRAM_ITERATIONS, SCRAM_SALT_LEN,
+    StaticDirectory,
+};
+
+/// One account as the rest of the server sees it (vCard fields, shared-roster groups, admin flag).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Person {
+    pub localpart: String,
+    pub display_name: Option<String>,
+    pub email: Option<String>,
+    pub department: Option<String>,
+    pub title: Option<String>,
+    pub phone: Option<String>,
+    pub groups: Vec<String>,
+    pub admin: bool,
+}
+
+/// Result of a password check. Unknown user and wrong password are deliberately the same value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthOutcome {
+    Accepted,
+    Rejected,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    /// The backend cannot answer right now; SASL answers `temporary-auth-failure`.
+    #[error("directory unavailable: {0}")]
+    Unavailable(String),
+    #[error("invalid localpart: {0}")]
+    InvalidLocalpart(String),
+    #[error("invalid password: {0}")]
+    InvalidPassword(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backing file exists but its content is not a valid directory.
+    #[error("{path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("user {0:?} already exists")]
+    UserExists(String),
+    #[error("no such user {0:?}")]
+    NoSuchUser(String),
+    /// A bug or a resource failure on our side (a worker thread died, hashing failed).
+    #[error("internal directory error: {0}")]
+    Internal(String),
+}
+
+/// Something changed in the directory; sessions and rosters react to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DirectoryChange {
+    /// The account still exists but may no longer log in: end its sessions.
+    UserDisabled(String),
+    /// The account is gone: end its sessions.
+    UserRemoved(String),
+    /// The membership of this group changed.
+    GroupChanged(String),
+    /// The person's details (vCard fields, admin flag) changed.
+    PersonChanged(String),
+}
+
+/// A source of accounts. Localparts given to these methods are normalised by the implementation
+/// (normalisation is idempotent, so callers may pass already-normalised values).
+#[async_trait::async_trait]
+pub trait Directory: Send + Sync + 'static {
+    /// PLAIN. Unknown user and wrong password are both Rejected (do comparable work for both, so
+    /// timing does not reveal which).
+    async fn authenticate(&self, localpart: &str, password: &str) -> Result<AuthOutcome, DirectoryError>;
+    /// SCRAM credentials, or None when the account does not exist.
+    async fn scram_credentials(
+        &self,
+        localpart: &str,
+        hash: ScramHash,
+    ) -> Result<Option<ScramCredentials>, DirectoryError>;
+    /// False for backends that cannot hold SCRAM credentials (LDAP): then only PLAIN is offered.
+    fn supports_scram(&self) -> bool;
+    async fn person(&self, localpart: &str) -> Result<Option<Person>, DirectoryError>;
+    async fn people(&self) -> Result<Vec<Person>, DirectoryError>;
+    /// Localparts of the members of `group`, sorted.
+    async fn members(&self, group: &str) -> Result<Vec<String>, DirectoryError>;
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<DirectoryChange>;
+}

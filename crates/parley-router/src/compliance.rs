@@ -1,0 +1,28 @@
+//! The fixed compliance stage: every message the router accepts passes it before delivery.
+
+use async_trait::async_trait;
+use parley_proto::Stanza;
+
+#[derive(Debug, thiserror::Error)]
+#[error("the compliance record could not be written: {0}")]
+pub struct ComplianceError(pub String);
+
+/// Records an accepted message durably before it is delivered or acknowledged. The router calls
+/// it for every message; a failure refuses the message (`internal-server-error` to its sender),
+/// so nothing is delivered that was not recorded. No module can skip it.
+#[async_trait]
+pub trait ComplianceStage: Send + Sync + 'static {
+    async fn record(&self, stanza: &Stanza) -> Result<(), ComplianceError>;
+}
+
+/// The stage used until a compliance archive is configured: it records nothing and says so in
+/// the log at start-up.
+#[derive(Debug, Default)]
+pub struct Unarchived;
+
+#[async_trait]
+impl ComplianceStage for Unarchived {
+    async fn record(&self, _stanza: &Stanza) -> Result<(), ComplianceError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,273 @@
+//! The table of bound resources: who is online, their presence, and their outbound queues.
+
+use parley_proto::{BareJid, Element, FullJid, Stanza, StreamError, StreamErrorCondition};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Identifies one bound session, so a replaced session can't unbind its successor.
+pub type SessionId = u64;
+
+/// What the router hands a session's writer.
+#[derive(Debug)]
+pub enum Outbound {
+    Stanza(Stanza),
+}
+
+/// Lets the router end a session from outside (conflict, slow consumer, account disabled).
+#[derive(Debug, Default)]
+pub struct SessionControl {
+    token: CancellationToken,
+    reason: Mutex<Option<StreamError>>,
+}
+
+impl SessionControl {
+    /// Asks the session to close with this stream error; the first reason wins.
+    pub fn close(&self, reason: StreamError) {
+        let mut slot = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(reason);
+        }
+        self.token.cancel();
+    }
+
+    /// Resolves once `close` was called, with its reason.
+    pub async fn closed(&self) -> StreamError {
+        self.token.cancelled().await;
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| StreamError::new(StreamErrorCondition::UndefinedCondition))
+    }
+}
+
+/// A resource's presence as the router tracks it.
+#[derive(Debug, Clone, Default)]
+pub struct PresenceState {
+    /// Sent available presence and not since unavailable.
+    pub available: bool,
+    pub priority: i8,
+    /// The last broadcast presence, answered to probes.
+    pub last: Option<Element>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResourceInfo {
+    pub jid: FullJid,
+    pub id: SessionId,
+    pub presence: PresenceState,
+    /// Requested the roster (RFC 6121 §2.1.6 "interested resource").
+    pub interested: bool,
+}
+
+struct Resource {
+    info: ResourceInfo,
+    queue: mpsc::Sender<Outbound>,
+    control: Arc<SessionControl>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BindError {
+    #[error("the account already has the most resources allowed")]
+    TooManyResources,
+}
+
+/// Bound sessions by bare JID. Critical sections are short and never await.
+pub struct SessionTable {
+    accounts: RwLock<HashMap<BareJid, Vec<Resource>>>,
+    next_id: AtomicU64,
+    max_resources: usize,
+}
+
+impl SessionTable {
+    pub fn new(max_resources: usize) -> Self {
+        Self {
+            accounts: RwLock::default(),
+            next_id: AtomicU64::new(1),
+            max_resources,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<BareJid, Vec<Resource>>> {
+        self.accounts.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<BareJid, Vec<Resource>>> {
+        self.accounts.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Binds `jid`. A session already bound to the same full JID is told to close with
+    /// `<conflict/>` and replaced (RFC 6120 §7.7.2.2).
+    pub(crate) fn bind(
+        &self,
+        jid: FullJid,
+        queue: mpsc::Sender<Outbound>,
+        control: Arc<SessionControl>,
+    ) -> Result<SessionId, BindError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut accounts = self.write();
+        let resources = accounts.entry(jid.to_bare()).or_default();
+        if let Some(existing) = resources.iter_mut().find(|r| r.info.jid == jid) {
+            existing.control.close(StreamError::with_text(
+                StreamErrorCondition::Conflict,
+                "Replaced by a new session for the same resource",
+            ));
+            *existing = Resource {
+                info: ResourceInfo {
+                    jid,
+                    id,
+                    presence: PresenceState::default(),
+                    interested: false,
+                },
+                queue,
+                control,
+            };
+            return Ok(id);
+        }
+        if resources.len() >= self.max_resources {
+            return Err(BindError::TooManyResources);
+        }
+        resources.push(Resource {
+            info: ResourceInfo {
+                jid,
+                id,
+                presence: PresenceState::default(),
+                interested: false,
+            },
+            queue,
+            control,
+        });
+        Ok(id)
+    }
+
+    /// Removes the session `id` if it still owns `jid`; returns its last state.
+    pub(crate) fn unbind(&self, jid: &FullJid, id: SessionId) -> Option<ResourceInfo> {
+        let mut accounts = self.write();
+        let bare = jid.to_bare();
+        let resources = accounts.get_mut(&bare)?;
+        let index = resources
+            .iter()
+            .position(|r| r.info.jid == *jid && r.info.id == id)?;
+        let removed = resources.swap_remove(index);
+        if resources.is_empty() {
+            accounts.remove(&bare);
+        }
+        Some(removed.info)
+    }
+
+    /// Records a presence broadcast; returns true when the resource just became able to receive
+    /// messages sent to the bare JID (available with a non-negative priority, RFC 6121 §8.5.2.1.1)
+    /// when it was not before: its initial presence, or a priority raised from negative.
+    pub(crate) fn set_presence(&self, jid: &FullJid, presence: PresenceState) -> bool {
+        let mut accounts = self.write();
+        let Some(resource) = accounts
+            .get_mut(&jid.to_bare())
+            .and_then(|resources| resources.iter_mut().find(|r| r.info.jid == *jid))
+        else {
+            return false;
+        };
+        let reachable = |p: &PresenceState| p.available && p.priority >= 0;
+        let initial = reachable(&presence) && !reachable(&resource.info.presence);
+        resource.info.presence = presence;
+        initial
+    }
+
+    /// Marks the resource as interested in roster pushes.
+    pub fn set_interested(&self, jid: &FullJid) {
+        let mut accounts = self.write();
+        if let Some(resource) = accounts
+            .get_mut(&jid.to_bare())
+            .and_then(|resources| resources.iter_mut().find(|r| r.info.jid == *jid))
+        {
+            resource.info.interested = true;
+        }
+    }
+
+    /// The resources bound for an account.
+    pub fn resources(&self, account: &BareJid) -> Vec<ResourceInfo> {
+        self.read()
+            .get(account)
+            .map(|rs| rs.iter().map(|r| r.info.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn resource(&self, jid: &FullJid) -> Option<ResourceInfo> {
+        self.read()
+            .get(&jid.to_bare())?
+            .iter()
+            .find(|r| r.info.jid == *jid)
+            .map(|r| r.info.clone())
+    }
+
+    pub fn is_online(&self, account: &BareJid) -> bool {
+        self.read().contains_key(account)
+    }
+
+    /// Number of bound sessions.
+    pub fn count(&self) -> usize {
+        self.read().values().map(Vec::len).sum()
+    }
+
+    /// Queues a stanza for one resource. A session whose queue is full is too slow to keep up:
+    /// it is closed (`policy-violation`), never buffered without bound. Returns false when the
+    /// stanza was not queued.
+    pub fn send(&self, jid: &FullJid, stanza: Stanza) -> bool {
+        let accounts = self.read();
+        let Some(resource) = accounts
+            .get(&jid.to_bare())
+            .and_then(|rs| rs.iter().find(|r| r.info.jid == *jid))
+        else {
+            return false;
+        };
+        match resource.queue.try_send(Outbound::Stanza(stanza)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(%jid, "outbound queue full; closing the session");
+                resource.control.close(StreamError::with_text(
+                    StreamErrorCondition::PolicyViolation,
+                    "Too many stanzas waiting to be read",
+                ));
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Like `send`, but waits up to `patience` for queue space instead of closing the session.
+    pub async fn send_waiting(&self, jid: &FullJid, stanza: Stanza, patience: std::time::Duration) -> bool {
+        let queue = {
+            let accounts = self.read();
+            match accounts
+                .get(&jid.to_bare())
+                .and_then(|rs| rs.iter().find(|r| r.info.jid == *jid))
+            {
+                Some(resource) => resource.queue.clone(),
+                None => return false,
+            }
+        };
+        matches!(
+            tokio::time::timeout(patience, queue.send(Outbound::Stanza(stanza))).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Closes every session of an account with `reason`.
+    pub fn close_account(&self, account: &BareJid, reason: &StreamError) -> usize {
+        let accounts = self.read();
+        let resources = accounts.get(account).map(Vec::as_slice).unwrap_or_default();
+        for resource in resources {
+            resource.control.close(reason.clone());
+        }
+        resources.len()
+    }
+
+    /// Closes every session (shutdown).
+    pub fn close_all(&self, reason: &StreamError) {
+        for resource in self.read().values().flatten() {
+            resource.control.close(reason.clone());
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! The `parley` server: composes the configuration, picks the backends, wires the modules and
+//! runs the listeners until shutdown.
+//!
+//! Owns: start-up and shutdown, the choice of concrete storage and directory backends, the
+//! self-signed certificate of the embedded defaults, TLS reloads, ending the sessions of
+//! accounts the directory removes. It is the only crate that names concrete backends.
+//!
+//! Must not touch: protocol logic. Everything XMPP happens in the crates it wires together.
+
+pub mod certs;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use parley_c2s::sasl::Mechanism;
+use parley_c2s::{C2sContext, C2sSettings, ListenerMode, TlsSettings};
+use parley_config::{Config, DirectoryBackend, StorageBackend};
+use parley_directory::{Directory, DirectoryChange, StaticDirectory};
+use parley_proto::reader::Limits;
+use parley_proto::{BareJid, StreamError, StreamErrorCondition};
+use parley_router::{Accounts, Event, Router};
+use parley_storage::{MemoryStore, RedbStore, Store};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Installs the process-wide TLS crypto provider (aws-lc-rs); harmless when already done.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Local accounts as the router sees them: whoever the directory knows.
+struct DirectoryAccounts(Arc<dyn Directory>);
+
+#[async_trait]
+impl Accounts for DirectoryAccounts {
+    async fn exists(&self, localpart: &str) -> bool {
+        matches!(self.0.person(localpart).await, Ok(Some(_)))
+    }
+}
+
+/// A started server.
+pub struct RunningServer {
+    pub router: Router,
+    pub starttls_addrs: Vec<SocketAddr>,
+    pub direct_tls_addrs: Vec<SocketAddr>,
+    pub cert_fingerprint: String,
+    pub tls: Arc<TlsSettings>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl RunningServer {
+    /// A handle that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, tells every session `system-shutdown`, and waits until all are closed.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Runs until the shutdown token is cancelled, then shuts down.
+    pub async fn wait(mut self) {
+        self.shutdown.cancelled().await;
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+fn mechanisms(names: &[String]) -> Vec<Mechanism> {
+    names
+        .iter()
+        .filter_map(|name| Mechanism::from_name(name))
+        .collect()
+}
+
+async fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::new();
+    for addr in addrs {
+        listeners.push(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?,
+        );
+    }
+    Ok(listeners)
+}
+
+/// Starts a server from `config`: opens storage and the directory, prepares TLS, wires the
+/// modules and binds every listener before returning.
+pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
+    install_crypto_provider();
+    let domain = BareJid::new(&config.server.domain)
+        .with_context(|| format!("server.domain {:?} is not a valid domain", config.server.domain))?;
+    std::fs::create_dir_all(&config.server.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.server.data_dir.display()))?;
+
+    let store: Arc<dyn Store> = match config.storage.backend {
+        StorageBackend::Redb => {
+            let path = config.storage_path();
+            Arc::new(RedbStore::open(&path).with_context(|| format!("opening the store {}", path.display()))?)
+        }
+        StorageBackend::Memory => Arc::new(MemoryStore::new()),
+    };
+    let directory: Arc<dyn Directory> = match config.directory.backend {
+        DirectoryBackend::Static => {
+            let path = config.static_directory_path();
+            Arc::new(
+                StaticDirectory::open(&path)
+                    .await
+                    .with_context(|| format!("opening the user file {}", path.display()))?,
+            )
+        }
+    };
+
+    let certificate = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => certs::CertificatePaths {
+            cert: cert.clone(),
+            key: key.clone(),
+            generated: false,
+        },
+        _ => certs::ensure_self_signed(&config.tls_dir(), &config.server.domain)?,
+    };
+    let tls = Arc::new(TlsSettings::load(&certificate.cert, &certificate.key)?);
+    let cert_fingerprint = certs::fingerprint(&certificate.cert)?;
+    if certificate.generated {
+        tracing::info!(cert = %certificate.cert.display(), fingerprint = %cert_fingerprint, "generated a self-signed certificate");
+    }
+
+    let router = modules::wire(
+        Router::builder(domain.clone(), Arc::new(DirectoryAccounts(directory.clone()))),
+        config,
+        &store,
+        &directory,
+    )
+    .max_resources_per_account(config.c2s.max_resources_per_account)
+    .build()
+    .map_err(|errors| {
+        anyhow::anyhow!(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
+
+    let c2s = &config.c2s;
+    let shutdown = CancellationToken::new();
+    let settings = C2sSettings {
+        domain,
+        require_starttls: c2s.require_starttls,
+        pre_auth_timeout: c2s.pre_auth_timeout.into(),
+        ping_idle_after: c2s.ping_idle_after.into(),
+        ping_timeout: c2s.ping_timeout.into(),
+        close_timeout: c2s.close_timeout.into(),
+        limits: Limits {
+            max_stanza_bytes: c2s.max_stanza_size.to_usize(),
+            max_depth: c2s.max_depth,
+            max_attributes: c2s.max_attributes,
+            max_token_bytes: c2s.max_token_size.to_usize(),
+        },
+        outbound_queue: c2s.outbound_queue,
+        max_connections_per_ip: c2s.max_connections_per_ip,
+        mechanisms: mechanisms(&c2s.sasl_mechanisms),
+        max_auth_attempts: 3,
+    };
+    let ctx = Arc::new(C2sContext {
+        router: router.clone(),
+        directory: directory.clone(),
+        tls: tls.clone(),
+        settings,
+        shutdown: shutdown.clone(),
+    });
+
+    let mut tasks = JoinSet::new();
+    let mut starttls_addrs = Vec::new();
+    let mut direct_tls_addrs = Vec::new();
+    for (mode, addrs, bound) in [
+        (ListenerMode::StartTls, &c2s.starttls_listen, &mut starttls_addrs),
+        (
+            ListenerMode::DirectTls,
+            &c2s.direct_tls_listen,
+            &mut direct_tls_addrs,
+        ),
+    ] {
+        for listener in bind_all(addrs).await? {
+            bound.push(listener.local_addr()?);
+            tasks.spawn(parley_c2s::serve(listener, mode, ctx.clone()));
+        }
+    }
+    tasks.spawn(end_removed_accounts(
+        router.clone(),
+        directory.clone(),
+        shutdown.clone(),
+    ));
+    let reload_every: Duration = config.tls.reload_interval.into();
+    if !reload_every.is_zero() {
+        tasks.spawn(reload_tls(tls.clone(), reload_every, shutdown.clone()));
+    }
+    let flush_store = store.clone();
+    let store_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        store_shutdown.cancelled().await;
+        if let Err(e) = flush_store.flush().await {
+            tracing::error!(error = %e, "flushing the store at shutdown");
+        }
+    });
+    tracing::info!(?starttls_addrs, ?direct_tls_addrs, domain = %config.server.domain, "Parley is listening");
+    Ok(RunningServer {
+        router,
+        starttls_addrs,
+        direct_tls_addrs,
+        cert_fingerprint,
+        tls,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Ends the live sessions of accounts the directory removes or disables.
+async fn end_removed_accounts(router: Router, directory: Arc<dyn Directory>, shutdown: CancellationToken) {
+    let mut changes = directory.subscribe();
+    loop {
+        let change = tokio::select! {
+            () = shutdown.cancelled() => return,
+            change = changes.recv() => change,
+        };
+        let localpart = match change {
+            Ok(DirectoryChange::UserRemoved(localpart) | DirectoryChange::UserDisabled(localpart)) => {
+                localpart
+            }
+            Ok(_) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "directory changes were missed");
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let Ok(node) = jid::NodePart::new(&localpart) else {
+            continue;
+        };
+        let account = BareJid::from_parts(Some(&node), router.domain().domain());
+        let closed = router.sessions().close_account(
+            &account,
+            &StreamError::with_text(StreamErrorCondition::NotAuthorized, "The account was disabled"),
+        );
+        tracing::info!(%account, closed, "account removed from the directory; sessions ended");
+        router.emit(Event::AccountRemoved(account)).await;
+    }
+}
+
+/// Picks up a renewed certificate without a restart: on a timer, and on SIGHUP.
+async fn reload_tls(tls: Arc<TlsSettings>, every: Duration, shutdown: CancellationToken) {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let forced = tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => false,
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        let result = if forced {
+            tls.reload().map(|()| true)
+        } else {
+            tls.reload_if_changed()
+        };
+        match result {
+            Ok(true) => tracing::info!("TLS certificate reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "TLS certificate reload failed; keeping the current one"),
+        }
+    }
+}
+
+mod modules {
+    //! Which modules run, with their options from the configuration.
+    use super::*;
+    use parley_im::{
+        CapsModule, DiscoModule, DiscoOptions, OfflineModule, OfflineOptions, PingModule, PrivateModule,
+        PrivateOptions, VcardModule, VcardOptions, VersionModule, VersionOptions,
+    };
+    use parley_roster::{RosterModule, RosterOptions};
+    use parley_router::RouterBuilder;
+    use parley_storage::KeyValue;
+
+    pub fn wire(
+        builder: RouterBuilder,
+        config: &Config,
+        store: &Arc<dyn Store>,
+        _directory: &Arc<dyn Directory>,
+    ) -> RouterBuilder {
+        let kv: Arc<dyn KeyValue> = store.clone();
+        let disco = DiscoOptions::default();
+        builder
+            .module(Arc::new(RosterModule::new(
+                kv.clone(),
+                RosterOptions {
+                    max_items: config.roster.max_items,
+                },
+            )))
+            .module(Arc::new(DiscoModule::new(disco.clone())))
+            .module(Arc::new(CapsModule::new(disco)))
+            .module(Arc::new(PingModule::new()))
+            .module(Arc::new(VersionModule::new(VersionOptions::default())))
+            .module(Arc::new(VcardModule::new(
+                kv.clone(),
+                VcardOptions {
+                    max_size: config.vcard.max_size.to_usize(),
+                },
+            )))
+            .module(Arc::new(PrivateModule::new(
+                kv.clone(),
+                PrivateOptions {
+                    max_size: config.private_storage.max_size.to_usize(),
+                    ..Default::default()
+                },
+            )))
+            .module(Arc::new(OfflineModule::new(
+                kv,
+                OfflineOptions {
+                    max_messages: config.offline.max_messages as u64,
+                },
+            )))
+    }
+}

@@ -1,0 +1,219 @@
+//! The `parley` command: run the server, check a configuration, manage local accounts.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use parley_config::{Config, LogFormat};
+use parley_directory::{PersonDetails, StaticDirectory};
+use std::path::PathBuf;
+
+/// Parley, a self-hosted enterprise XMPP server.
+///
+/// Without a configuration file Parley runs on its embedded defaults: domain `localhost`,
+/// STARTTLS on port 5222, direct TLS on 5223, data (store, users, certificate) in `./data`.
+#[derive(Parser)]
+#[command(name = "parley", version, propagate_version = true)]
+struct Cli {
+    /// Configuration file (TOML); every option is documented in config/parley.example.toml.
+    #[arg(long, short, global = true, env = "PARLEY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server until SIGINT or SIGTERM; SIGHUP reloads the TLS certificate.
+    Serve,
+    /// Check the configuration and report every error at once, with its key path.
+    CheckConfig,
+    /// Manage accounts of the embedded (static file) directory.
+    User {
+        #[command(subcommand)]
+        action: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account. The password is read from PARLEY_PASSWORD, or from standard input.
+    Add {
+        /// The account name (the part before @ in its JID).
+        localpart: String,
+        /// Full name shown to contacts.
+        #[arg(long)]
+        name: Option<String>,
+        /// E-mail address.
+        #[arg(long)]
+        email: Option<String>,
+        /// Department, for reports and vCards.
+        #[arg(long)]
+        department: Option<String>,
+        /// Make the account a server administrator.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Set a new password (PARLEY_PASSWORD or standard input).
+    Passwd { localpart: String },
+    /// Delete an account; its live sessions end within a second.
+    Remove { localpart: String },
+    /// List accounts.
+    List,
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    let Some(path) = path else {
+        return Ok(Config::default());
+    };
+    match Config::load(path) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            Ok(loaded.config)
+        }
+        Err(errors) => anyhow::bail!("{} has errors:\n{errors}", path.display()),
+    }
+}
+
+fn read_password() -> anyhow::Result<String> {
+    if let Ok(password) = std::env::var("PARLEY_PASSWORD") {
+        return Ok(password);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    anyhow::ensure!(
+        !password.is_empty(),
+        "no password given (set PARLEY_PASSWORD or pipe it in)"
+    );
+    Ok(password)
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let server = parley_server::start(&config).await?;
+    println!(
+        "Parley is serving {} (data in {})",
+        config.server.domain,
+        config.server.data_dir.display()
+    );
+    println!("TLS certificate SHA-256 fingerprint: {}", server.cert_fingerprint);
+    let shutdown = server.shutdown_token();
+    tokio::spawn(async move {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
+    server.wait().await;
+    Ok(())
+}
+
+async fn user(config: &Config, action: UserCommand) -> anyhow::Result<()> {
+    let path = config.static_directory_path();
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let directory = StaticDirectory::open(&path)
+        .await
+        .with_context(|| format!("opening {}", path.display()))?;
+    match action {
+        UserCommand::Add {
+            localpart,
+            name,
+            email,
+            department,
+            admin,
+        } => {
+            let password = read_password()?;
+            let details = PersonDetails {
+                display_name: name,
+                email,
+                department,
+                admin,
+                ..Default::default()
+            };
+            let person = directory.add_user(&localpart, &password, details).await?;
+            println!("added {}@{}", person.localpart, config.server.domain);
+        }
+        UserCommand::Passwd { localpart } => {
+            let password = read_password()?;
+            directory.set_password(&localpart, &password).await?;
+            println!("password changed for {localpart}@{}", config.server.domain);
+        }
+        UserCommand::Remove { localpart } => {
+            directory.remove_user(&localpart).await?;
+            println!("removed {localpart}@{}", config.server.domain);
+        }
+        UserCommand::List => {
+            for person in directory.list().await? {
+                let name = person.display_name.as_deref().unwrap_or("");
+                let admin = if person.admin { " (admin)" } else { "" };
+                println!("{}@{}\t{name}{admin}", person.localpart, config.server.domain);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::CheckConfig => match cli.config.as_ref() {
+            None => {
+                println!("no configuration file given: the embedded defaults apply");
+                Ok(())
+            }
+            Some(path) => match Config::load(path) {
+                Ok(loaded) => {
+                    for warning in &loaded.warnings {
+                        println!("warning: {warning}");
+                    }
+                    println!("{}: OK", path.display());
+                    Ok(())
+                }
+                Err(errors) => {
+                    eprintln!("{}: {} error(s)\n{errors}", path.display(), errors.errors.len());
+                    return std::process::ExitCode::from(1);
+                }
+            },
+        },
+        command => match load_config(cli.config.as_ref()) {
+            Err(e) => Err(e),
+            Ok(config) => match command {
+                Command::Serve => {
+                    init_logging(&config);
+                    serve(config).await
+                }
+                Command::User { action } => user(&config, action).await,
+                Command::CheckConfig => unreachable!("handled above"),
+            },
+        },
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

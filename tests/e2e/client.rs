@@ -1,0 +1,1 @@
+//! Normal paths through tokio-xmpp.

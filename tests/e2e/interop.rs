@@ -1,0 +1,1 @@
+//! A client program from outside the Rust ecosystem.

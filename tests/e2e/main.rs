@@ -1,0 +1,7 @@
+//! End-to-end tests: the real server in-process, driven by a real XMPP client library
+//! (tokio-xmpp) for normal paths, raw XML streams for edge cases, and a client program from
+//! outside the Rust ecosystem for interoperability.
+
+mod client;
+mod interop;
+mod raw;

@@ -1,0 +1,1 @@
+//! Edge cases as raw XML streams.

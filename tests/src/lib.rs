@@ -1,0 +1,1 @@
+//! Workspace integration tests live in `e2e/`; this library is empty.
