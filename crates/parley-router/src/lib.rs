@@ -24,3 +24,6 @@ pub use router::{Accounts, Router, RouterBuilder};
 pub use sessions::{
     BindError, Outbound, PresenceState, ResourceInfo, SessionControl, SessionId, SessionTable,
 };
+
+#[cfg(test)]
+mod tests;
