@@ -88,8 +88,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if !self.out.is_empty() {
             self.io.write_all(&self.out).await?;
             self.out.clear();
-            // A burst may have grown the buffer; don't keep it for an idle session.
-            if self.out.capacity() > 16 * 1024 {
+            // Don't keep a grown buffer in a session that may now sit idle for hours.
+            if self.out.capacity() > 1024 {
                 self.out = Vec::new();
             }
         }

@@ -156,7 +156,7 @@ pub(crate) mod testing {
 
     pub fn next(receiver: &mut mpsc::Receiver<Outbound>) -> Option<Stanza> {
         match receiver.try_recv() {
-            Ok(Outbound::Stanza(stanza)) => Some(stanza),
+            Ok(Outbound::Stanza(stanza)) => Some(*stanza),
             Err(_) => None,
         }
     }

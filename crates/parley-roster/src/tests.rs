@@ -55,7 +55,7 @@ impl Client {
     fn take(&mut self) -> Vec<Stanza> {
         let mut out = Vec::new();
         while let Ok(Outbound::Stanza(stanza)) = self.rx.try_recv() {
-            out.push(stanza);
+            out.push(*stanza);
         }
         out
     }

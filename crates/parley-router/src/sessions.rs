@@ -10,10 +10,11 @@ use tokio_util::sync::CancellationToken;
 /// Identifies one bound session, so a replaced session can't unbind its successor.
 pub type SessionId = u64;
 
-/// What the router hands a session's writer.
+/// What the router hands a session's writer. Boxed, so the queue's pre-allocated slots cost
+/// a pointer each in every idle session rather than a whole stanza.
 #[derive(Debug)]
 pub enum Outbound {
-    Stanza(Stanza),
+    Stanza(Box<Stanza>),
 }
 
 /// Lets the router end a session from outside (conflict, slow consumer, account disabled).
@@ -222,7 +223,7 @@ impl SessionTable {
         else {
             return false;
         };
-        match resource.queue.try_send(Outbound::Stanza(stanza)) {
+        match resource.queue.try_send(Outbound::Stanza(Box::new(stanza))) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(%jid, "outbound queue full; closing the session");
@@ -249,7 +250,7 @@ impl SessionTable {
             }
         };
         matches!(
-            tokio::time::timeout(patience, queue.send(Outbound::Stanza(stanza))).await,
+            tokio::time::timeout(patience, queue.send(Outbound::Stanza(Box::new(stanza)))).await,
             Ok(Ok(()))
         )
     }

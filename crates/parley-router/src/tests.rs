@@ -39,7 +39,7 @@ struct Session {
 impl Session {
     fn next(&mut self) -> Option<Stanza> {
         match self.rx.try_recv() {
-            Ok(Outbound::Stanza(stanza)) => Some(stanza),
+            Ok(Outbound::Stanza(stanza)) => Some(*stanza),
             Err(_) => None,
         }
     }
@@ -257,7 +257,7 @@ fn two_handlers_for_one_iq_route_fail_at_start() {
         .module(Arc::new(EchoModule("first")))
         .module(Arc::new(EchoModule("second")))
         .build();
-    let errors = built.err().expect("a registry error");
+    let errors = built.expect_err("a registry error");
     assert!(errors.iter().any(|e| matches!(
         e,
         RegistryError::DuplicateIqRoute {

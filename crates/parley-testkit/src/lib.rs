@@ -9,11 +9,13 @@
 
 mod certs;
 mod raw;
+mod script;
 mod server;
 
 pub use certs::TestCa;
 pub use raw::RawClient;
-pub use server::{TestServer, TestServerOptions};
+pub use script::{Step, last_attr};
+pub use server::{ConfigTweak, TestServer, TestServerOptions};
 
 /// Fails the test when a required external tool is missing under `CI=true`, else says it skips.
 /// Returns whether the tool is available.

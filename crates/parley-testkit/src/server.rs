@@ -7,13 +7,16 @@ use parley_server::RunningServer;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Adjusts the configuration before the server starts.
+pub type ConfigTweak = Box<dyn FnOnce(&mut Config) + Send>;
+
 pub struct TestServerOptions {
     pub domain: String,
     /// Accounts created before start: (localpart, password).
     pub users: Vec<(String, String)>,
     pub storage: StorageBackend,
     /// Adjusts the configuration before start.
-    pub tweak: Option<Box<dyn FnOnce(&mut Config) + Send>>,
+    pub tweak: Option<ConfigTweak>,
 }
 
 impl Default for TestServerOptions {
