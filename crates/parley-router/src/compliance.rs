@@ -8,11 +8,13 @@ use parley_proto::Stanza;
 pub struct ComplianceError(pub String);
 
 /// Records an accepted message durably before it is delivered or acknowledged. The router calls
-/// it for every message; a failure refuses the message (`internal-server-error` to its sender),
-/// so nothing is delivered that was not recorded. No module can skip it.
+/// it for every message from a local client, after the client hooks and before routing; a
+/// failure refuses the message (`internal-server-error` to its sender), so nothing is delivered
+/// that was not recorded. No module can skip it. The stage may add to the stanza what its
+/// recipients should see of the record, such as a XEP-0359 `<stanza-id/>`.
 #[async_trait]
 pub trait ComplianceStage: Send + Sync + 'static {
-    async fn record(&self, stanza: &Stanza) -> Result<(), ComplianceError>;
+    async fn record(&self, stanza: &mut Stanza) -> Result<(), ComplianceError>;
 }
 
 /// The stage used until a compliance archive is configured: it records nothing and says so in
@@ -22,7 +24,7 @@ pub struct Unarchived;
 
 #[async_trait]
 impl ComplianceStage for Unarchived {
-    async fn record(&self, _stanza: &Stanza) -> Result<(), ComplianceError> {
+    async fn record(&self, _stanza: &mut Stanza) -> Result<(), ComplianceError> {
         Ok(())
     }
 }

@@ -225,7 +225,7 @@ impl Router {
                     let own = stanza.from().map(|from| Jid::from(from.to_bare()));
                     stanza.set_to(own);
                 }
-                if let Err(err) = self.0.compliance.record(&stanza).await {
+                if let Err(err) = self.0.compliance.record(&mut stanza).await {
                     tracing::error!(error = %err, "message refused: compliance record failed");
                     return self
                         .bounce(&stanza, error(StanzaErrorCondition::InternalServerError))

@@ -304,7 +304,7 @@ async fn a_consumer_too_slow_for_its_queue_is_closed_not_buffered() {
 struct Refuse(AtomicUsize);
 #[async_trait]
 impl ComplianceStage for Refuse {
-    async fn record(&self, _stanza: &Stanza) -> Result<(), ComplianceError> {
+    async fn record(&self, _stanza: &mut Stanza) -> Result<(), ComplianceError> {
         self.0.fetch_add(1, Ordering::SeqCst);
         Err(ComplianceError("disk full".into()))
     }
