@@ -12,9 +12,45 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("parley-storage", &["parley-config"][..]),
         ("parley-directory", &["parley-proto", "parley-config"][..]),
         ("parley-router", &["parley-proto", "parley-config"][..]),
-        ("parley-c2s", &["parley-proto", "parley-router", "parley-directory", "parley-config"][..]),
-        ("parley-roster", &["parley-proto", "parley-router", "parley-storage", "parley-directory", "parley-config"][..]),
-        ("parley-im", &["parley-proto", "parley-router", "parley-storage", "parley-directory", "parley-config"][..]),
+        (
+            "parley-c2s",
+            &[
+                "parley-proto",
+                "parley-router",
+                "parley-directory",
+                "parley-config",
+            ][..],
+        ),
+        (
+            "parley-roster",
+            &[
+                "parley-proto",
+                "parley-router",
+                "parley-storage",
+                "parley-directory",
+                "parley-config",
+            ][..],
+        ),
+        (
+            "parley-im",
+            &[
+                "parley-proto",
+                "parley-router",
+                "parley-storage",
+                "parley-directory",
+                "parley-config",
+            ][..],
+        ),
+        (
+            "parley-archive",
+            &[
+                "parley-proto",
+                "parley-router",
+                "parley-storage",
+                "parley-directory",
+                "parley-config",
+            ][..],
+        ),
         (
             "parley-server",
             &[
@@ -26,6 +62,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
                 "parley-c2s",
                 "parley-roster",
                 "parley-im",
+                "parley-archive",
             ][..],
         ),
         (
@@ -45,9 +82,25 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
 /// External crates that mean sockets, TLS or LDAP, which the protocol, config and storage
 /// crates must never see, and storage/LDAP, which the router must never see.
 const FORBIDDEN_EXTERNAL: &[(&str, &[&str])] = &[
-    ("parley-proto", &["tokio", "rustls", "tokio-rustls", "ldap3", "redb"]),
-    ("parley-config", &["tokio", "rustls", "tokio-rustls", "ldap3", "redb"]),
-    ("parley-storage", &["rustls", "tokio-rustls", "ldap3", "rxml", "minidom", "xmpp-parsers"]),
+    (
+        "parley-proto",
+        &["tokio", "rustls", "tokio-rustls", "ldap3", "redb"],
+    ),
+    (
+        "parley-config",
+        &["tokio", "rustls", "tokio-rustls", "ldap3", "redb"],
+    ),
+    (
+        "parley-storage",
+        &[
+            "rustls",
+            "tokio-rustls",
+            "ldap3",
+            "rxml",
+            "minidom",
+            "xmpp-parsers",
+        ],
+    ),
     ("parley-router", &["redb", "ldap3", "rustls", "tokio-rustls"]),
 ];
 
@@ -64,7 +117,9 @@ fn internal_dependencies_follow_the_rules_of_direction() {
         }
         seen.insert(name.to_owned());
         let Some(permitted) = allowed.get(name) else {
-            violations.push(format!("{name} is not in the architecture's table; add it with its rules"));
+            violations.push(format!(
+                "{name} is not in the architecture's table; add it with its rules"
+            ));
             continue;
         };
         for dependency in &package.dependencies {
@@ -85,9 +140,16 @@ fn internal_dependencies_follow_the_rules_of_direction() {
             }
         }
     }
-    assert!(violations.is_empty(), "dependency rules broken:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "dependency rules broken:\n{}",
+        violations.join("\n")
+    );
     for expected in allowed.keys() {
-        assert!(seen.contains(*expected), "{expected} is missing from the workspace");
+        assert!(
+            seen.contains(*expected),
+            "{expected} is missing from the workspace"
+        );
     }
 }
 
@@ -97,9 +159,23 @@ fn every_crate_starts_with_a_doc_comment_saying_what_it_owns_and_must_not_touch(
     for entry in std::fs::read_dir(&root).expect("the crates directory") {
         let dir = entry.expect("a crate directory").path();
         let lib = dir.join("src/lib.rs");
-        let Ok(text) = std::fs::read_to_string(&lib) else { continue };
-        let doc: String = text.lines().take_while(|l| l.starts_with("//!")).collect::<Vec<_>>().join("\n");
-        assert!(doc.contains("Owns") || doc.contains("owns"), "{} lacks an 'Owns' doc comment", lib.display());
-        assert!(doc.contains("Must not") || doc.contains("must not"), "{} lacks a 'Must not' doc comment", lib.display());
+        let Ok(text) = std::fs::read_to_string(&lib) else {
+            continue;
+        };
+        let doc: String = text
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            doc.contains("Owns") || doc.contains("owns"),
+            "{} lacks an 'Owns' doc comment",
+            lib.display()
+        );
+        assert!(
+            doc.contains("Must not") || doc.contains("must not"),
+            "{} lacks a 'Must not' doc comment",
+            lib.display()
+        );
     }
 }

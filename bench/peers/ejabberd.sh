@@ -113,6 +113,7 @@ modules:
   mod_roster:
     versioning: true
 CFG
+    : > "$RUN_DIR/inetrc"
     chown -R ejabberd: "$RUN_DIR"
 }
 
@@ -128,6 +129,8 @@ cmd_start() {
     ensure_installed
     if beam_pid >/dev/null; then echo "ejabberd.sh: already running" >&2; return 0; fi
     write_config
+    # A fresh Mnesia database per start: every run begins with the same, known accounts.
+    rm -rf "$RUN_DIR/spool" && mkdir -p "$RUN_DIR/spool" && chown ejabberd: "$RUN_DIR/spool"
     ulimit -n "$(ulimit -Hn)"
     ctl foreground >>"$RUN_DIR/logs/stdout.log" 2>&1 &
     echo $! > "$RUN_DIR/ctl.pid"

@@ -71,6 +71,7 @@ pidfile = "$PIDFILE"
 data_path = "$RUN_DIR/data"
 plugin_paths = { }
 network_backend = "epoll"
+network_settings = { tcp_backlog = 1024 }
 log = { warn = "$RUN_DIR/prosody.log" }
 
 interfaces = { "127.0.0.1" }

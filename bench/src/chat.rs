@@ -56,9 +56,16 @@ pub async fn run(ctx: Arc<Context>, options: ChatOptions) -> anyhow::Result<()> 
     anyhow::ensure!(options.sessions >= 2, "chat needs at least 2 sessions");
     let established = establish(&ctx, options.sessions, options.concurrency).await;
     let online = established.sessions.len();
-    anyhow::ensure!(online >= 2, "only {online} sessions came online; see failures above");
+    anyhow::ensure!(
+        online >= 2,
+        "only {online} sessions came online; see failures above"
+    );
     let peers: Arc<Vec<String>> = Arc::new(
-        established.sessions.iter().map(|(i, _)| escape(&bare_jid(&ctx.accounts[*i], &ctx.target.domain))).collect(),
+        established
+            .sessions
+            .iter()
+            .map(|(i, _)| escape(&bare_jid(&ctx.accounts[*i], &ctx.target.domain)))
+            .collect(),
     );
     let stats = Arc::new(Stats::default());
     let window = Arc::new(Semaphore::new(options.window.max(1)));
@@ -70,7 +77,13 @@ pub async fn run(ctx: Arc<Context>, options: ChatOptions) -> anyhow::Result<()> 
     let mut senders = JoinSet::new();
     for (position, (_, session)) in established.sessions.into_iter().enumerate() {
         let (reader, writer) = session.reader.split();
-        receivers.spawn(receive(reader, stats.clone(), window.clone(), clock, deadline.into_std()));
+        receivers.spawn(receive(
+            reader,
+            stats.clone(),
+            window.clone(),
+            clock,
+            deadline.into_std(),
+        ));
         let sender = Sender {
             writer,
             me: position,
@@ -79,7 +92,9 @@ pub async fn run(ctx: Arc<Context>, options: ChatOptions) -> anyhow::Result<()> 
             window: window.clone(),
             clock,
         };
-        let period = options.rate.map(|r| Duration::from_secs_f64(online as f64 / r.max(1e-3)));
+        let period = options
+            .rate
+            .map(|r| Duration::from_secs_f64(online as f64 / r.max(1e-3)));
         senders.spawn(sender.run(period, start, deadline, close_rx.clone()));
     }
     eprintln!("  .. {online} sessions chatting for {:?}", options.duration);
@@ -99,18 +114,31 @@ pub async fn run(ctx: Arc<Context>, options: ChatOptions) -> anyhow::Result<()> 
     let in_window = stats.received_in_window.load(Ordering::Relaxed);
     let seconds = options.duration.as_secs_f64().max(1e-9);
     let lost = sent.saturating_sub(received);
-    let offered = options.rate.map_or(format!("max (window {})", options.window), |r| format!("{r:.0} msg/s"));
+    let offered = options
+        .rate
+        .map_or(format!("max (window {})", options.window), |r| {
+            format!("{r:.0} msg/s")
+        });
     let h = &stats.latency;
 
     println!("scenario: chat");
     println!("sessions online:  {online} of {}", options.sessions);
     println!("login failures:   {}", established.failures.total());
     established.failures.print();
-    println!("duration:         {seconds:.1} s (drain up to {:?})", options.drain);
+    println!(
+        "duration:         {seconds:.1} s (drain up to {:?})",
+        options.drain
+    );
     println!("offered rate:     {offered}");
-    println!("sent:             {sent} ({:.1} msg/s), send failures {}", sent as f64 / seconds,
-        stats.send_failed.load(Ordering::Relaxed));
-    println!("delivered:        {:.1} msg/s during the run; {received} received in total", in_window as f64 / seconds);
+    println!(
+        "sent:             {sent} ({:.1} msg/s), send failures {}",
+        sent as f64 / seconds,
+        stats.send_failed.load(Ordering::Relaxed)
+    );
+    println!(
+        "delivered:        {:.1} msg/s during the run; {received} received in total",
+        in_window as f64 / seconds
+    );
     println!(
         "latency ms:       p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
         millis(h.quantile(0.5)),
@@ -134,7 +162,10 @@ pub async fn run(ctx: Arc<Context>, options: ChatOptions) -> anyhow::Result<()> 
         while senders.join_next().await.is_some() {}
         while receivers.join_next().await.is_some() {}
     };
-    if tokio::time::timeout(Duration::from_secs(30), closing).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(30), closing)
+        .await
+        .is_err()
+    {
         eprintln!("  .. some sessions did not close within 30 s; dropping them");
     }
     Ok(())
@@ -252,7 +283,9 @@ async fn receive<R: AsyncRead + Unpin>(
         if stanza.name != "message" {
             continue;
         }
-        let Some(probe) = parse_probe(&stanza) else { continue };
+        let Some(probe) = parse_probe(&stanza) else {
+            continue;
+        };
         window.add_permits(1);
         if stanza.attr("type") == Some("error") {
             stats.bounced.fetch_add(1, Ordering::Relaxed);
@@ -273,8 +306,16 @@ mod tests {
 
     #[test]
     fn probes_round_trip_and_foreign_bodies_are_ignored() {
-        let m = parse_element(b"<message type='chat'><body>parley-load 3 17 123456</body></message>").unwrap();
-        assert_eq!(parse_probe(&m), Some(Probe { sender: 3, seq: 17, sent_us: 123456 }));
+        let m =
+            parse_element(b"<message type='chat'><body>parley-load 3 17 123456</body></message>").unwrap();
+        assert_eq!(
+            parse_probe(&m),
+            Some(Probe {
+                sender: 3,
+                seq: 17,
+                sent_us: 123456
+            })
+        );
         for bad in [
             &b"<message><body>hello</body></message>"[..],
             b"<message><body>parley-load 3 17</body></message>",
@@ -301,11 +342,22 @@ mod tests {
             .await
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
-        receive(XmppReader::new(client), stats.clone(), window.clone(), clock, deadline).await;
+        receive(
+            XmppReader::new(client),
+            stats.clone(),
+            window.clone(),
+            clock,
+            deadline,
+        )
+        .await;
         assert_eq!(stats.received.load(Ordering::Relaxed), 1);
         assert_eq!(stats.received_in_window.load(Ordering::Relaxed), 1);
         assert_eq!(stats.bounced.load(Ordering::Relaxed), 1);
         assert_eq!(stats.latency.count(), 1);
-        assert_eq!(window.available_permits(), 2, "each probe back frees one window slot");
+        assert_eq!(
+            window.available_permits(),
+            2,
+            "each probe back frees one window slot"
+        );
     }
 }

@@ -19,7 +19,10 @@ use tokio_rustls::client::TlsStream;
 #[derive(Debug, Error)]
 pub enum TlsSetupError {
     #[error("reading CA file {path}: {source}")]
-    CaFile { path: String, source: rustls_pki_types::pem::Error },
+    CaFile {
+        path: String,
+        source: rustls_pki_types::pem::Error,
+    },
     #[error("CA file {0} holds no usable certificate")]
     NoCertificates(String),
     #[error("neither --ca nor --insecure given: the tool has no way to trust the server")]
@@ -45,8 +48,10 @@ pub fn client_config(ca: Option<&Path>, insecure: bool) -> Result<Arc<ClientConf
             source,
         })?;
         for cert in certs {
-            let cert =
-                cert.map_err(|source| TlsSetupError::CaFile { path: path.display().to_string(), source })?;
+            let cert = cert.map_err(|source| TlsSetupError::CaFile {
+                path: path.display().to_string(),
+                source,
+            })?;
             // A PEM with a non-CA block is skipped rather than fatal; emptiness is checked below.
             let _ = roots.add(cert);
         }
@@ -152,7 +157,10 @@ mod tests {
         assert!(matches!(client_config(None, false), Err(TlsSetupError::NoTrust)));
         assert!(client_config(None, true).is_ok());
         let missing = Path::new("/nonexistent/ca.pem");
-        assert!(matches!(client_config(Some(missing), false), Err(TlsSetupError::CaFile { .. })));
+        assert!(matches!(
+            client_config(Some(missing), false),
+            Err(TlsSetupError::CaFile { .. })
+        ));
         let dir = std::env::temp_dir().join(format!("parley-load-ca-{}", std::process::id()));
         std::fs::write(&dir, "not a certificate\n").unwrap();
         let result = client_config(Some(&dir), false);

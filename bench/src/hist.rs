@@ -113,23 +113,34 @@ mod tests {
         for q in [0.5, 0.9, 0.99, 0.999] {
             let exact = values[((q * values.len() as f64).ceil() as usize) - 1] as f64;
             let got = h.quantile(q) as f64;
-            assert!((got - exact).abs() / exact < 0.02, "q={q} exact={exact} got={got}");
+            assert!(
+                (got - exact).abs() / exact < 0.02,
+                "q={q} exact={exact} got={got}"
+            );
         }
         assert_eq!(h.max(), *values.last().unwrap());
     }
 
     #[test]
     fn index_is_monotonic_and_in_range() {
-        let mut values: Vec<u64> = (0..64).flat_map(|s| [1u64 << s, (1u64 << s) + 1, u64::MAX >> (63 - s)]).collect();
+        let mut values: Vec<u64> = (0..64)
+            .flat_map(|s| [1u64 << s, (1u64 << s) + 1, u64::MAX >> (63 - s)])
+            .collect();
         values.sort_unstable();
         let indices: Vec<usize> = values.iter().map(|&v| index(v)).collect();
-        assert!(indices.windows(2).all(|w| w[0] <= w[1]), "index must grow with the value");
+        assert!(
+            indices.windows(2).all(|w| w[0] <= w[1]),
+            "index must grow with the value"
+        );
         assert!(indices.iter().all(|&i| i < BUCKETS));
         assert_eq!(index(u64::MAX), BUCKETS - 1);
         // The reported value of a bucket lies within 1/64 of any value in it.
         for &v in values.iter().filter(|&&v| v >= LINEAR) {
             let reported = value_of(index(v)) as f64;
-            assert!((reported - v as f64).abs() / v as f64 <= 1.0 / 64.0, "v={v} reported={reported}");
+            assert!(
+                (reported - v as f64).abs() / v as f64 <= 1.0 / 64.0,
+                "v={v} reported={reported}"
+            );
         }
     }
 }

@@ -66,17 +66,32 @@ pub async fn run(ctx: Arc<Context>, options: IdleOptions) -> anyhow::Result<()> 
     let mut per_session_kib = None;
     if let (Some(before), Some(last)) = (server_before, server_last) {
         let delta = last.saturating_sub(before);
-        let per = if count > 0 { delta as f64 / count as f64 / 1024.0 } else { 0.0 };
+        let per = if count > 0 {
+            delta as f64 / count as f64 / 1024.0
+        } else {
+            0.0
+        };
         per_session_kib = Some(per);
         println!("server RSS before:    {:.1} MiB", mib(before));
-        println!("server RSS holding:   {:.1} MiB (max {:.1} MiB)", mib(last), mib(server_max));
-        println!("server RSS delta:     {:.1} MiB = {per:.1} KiB per session", mib(delta));
+        println!(
+            "server RSS holding:   {:.1} MiB (max {:.1} MiB)",
+            mib(last),
+            mib(server_max)
+        );
+        println!(
+            "server RSS delta:     {:.1} MiB = {per:.1} KiB per session",
+            mib(delta)
+        );
     }
     let own_delta = own_holding.saturating_sub(own_before);
     println!(
         "load tool RSS:        {:.1} MiB ({:.1} KiB per session)",
         mib(own_holding),
-        if count > 0 { own_delta as f64 / count as f64 / 1024.0 } else { 0.0 }
+        if count > 0 {
+            own_delta as f64 / count as f64 / 1024.0
+        } else {
+            0.0
+        }
     );
     println!(
         "RESULT scenario=idle established={count} failed={} kib_per_session={} server_rss_mib={} tool_rss_mib={:.1}",
@@ -88,7 +103,10 @@ pub async fn run(ctx: Arc<Context>, options: IdleOptions) -> anyhow::Result<()> 
 
     let _ = stop_tx.send(true);
     let closing = async { while holders.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(30), closing).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(30), closing)
+        .await
+        .is_err()
+    {
         eprintln!("  .. some sessions did not close within 30 s; dropping them");
     }
     Ok(())
@@ -127,7 +145,10 @@ pub fn answer_server_iq(stanza: &Element) -> Option<String> {
         return None;
     }
     let id = escape(stanza.attr("id").unwrap_or_default());
-    let to = stanza.attr("from").map(|f| format!(" to='{}'", escape(f))).unwrap_or_default();
+    let to = stanza
+        .attr("from")
+        .map(|f| format!(" to='{}'", escape(f)))
+        .unwrap_or_default();
     if stanza.child_ns("ping", "urn:xmpp:ping").is_some() {
         return Some(format!("<iq type='result' id='{id}'{to}/>"));
     }
@@ -144,12 +165,19 @@ mod tests {
 
     #[test]
     fn answers_pings_and_refuses_other_iqs() {
-        let ping = parse_element(b"<iq type='get' id='p1' from='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
-            .unwrap();
-        assert_eq!(answer_server_iq(&ping).unwrap(), "<iq type='result' id='p1' to='localhost'/>");
+        let ping =
+            parse_element(b"<iq type='get' id='p1' from='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+                .unwrap();
+        assert_eq!(
+            answer_server_iq(&ping).unwrap(),
+            "<iq type='result' id='p1' to='localhost'/>"
+        );
         let other = parse_element(b"<iq type='set' id='a&apos;b'><query xmlns='x'/></iq>").unwrap();
         let reply = answer_server_iq(&other).unwrap();
-        assert!(reply.contains("id='a&apos;b'") && reply.contains("service-unavailable"), "{reply}");
+        assert!(
+            reply.contains("id='a&apos;b'") && reply.contains("service-unavailable"),
+            "{reply}"
+        );
         let result = parse_element(b"<iq type='result' id='r'/>").unwrap();
         assert_eq!(answer_server_iq(&result), None);
         let message = parse_element(b"<message type='get'/>").unwrap();

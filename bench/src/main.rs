@@ -29,7 +29,10 @@ use crate::sasl::Mechanism;
 use crate::session::{Target, TlsMode};
 
 #[derive(Debug, Parser)]
-#[command(name = "parley-load", about = "XMPP load generator (idle memory, login storm, chat)")]
+#[command(
+    name = "parley-load",
+    about = "XMPP load generator (idle memory, login storm, chat)"
+)]
 struct Cli {
     /// Server address to connect to (benchmarks are meant for loopback).
     #[arg(long, default_value = "127.0.0.1")]
@@ -122,7 +125,9 @@ fn parse_rate(text: &str) -> Result<Rate, String> {
     }
     match text.parse::<f64>() {
         Ok(r) if r > 0.0 && r.is_finite() => Ok(Rate::PerSecond(r)),
-        _ => Err(format!("expected a positive number of messages/s or 'max', got {text:?}")),
+        _ => Err(format!(
+            "expected a positive number of messages/s or 'max', got {text:?}"
+        )),
     }
 }
 
@@ -181,22 +186,71 @@ fn main() -> anyhow::Result<()> {
         tls_config,
         step_timeout: cli.step_timeout,
     };
-    let ctx = Arc::new(run::Context { target, accounts, connect_rate: cli.connect_rate });
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
+    let ctx = Arc::new(run::Context {
+        target,
+        accounts,
+        connect_rate: cli.connect_rate,
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
     runtime.block_on(async move {
         match cli.scenario {
-            Scenario::Idle { sessions, hold, server_pid, concurrency } => {
-                idle::run(ctx, idle::IdleOptions { sessions, hold, server_pid, concurrency }).await
+            Scenario::Idle {
+                sessions,
+                hold,
+                server_pid,
+                concurrency,
+            } => {
+                idle::run(
+                    ctx,
+                    idle::IdleOptions {
+                        sessions,
+                        hold,
+                        server_pid,
+                        concurrency,
+                    },
+                )
+                .await
             }
-            Scenario::LoginStorm { sessions, concurrency } => {
-                storm::run(ctx, storm::StormOptions { logins: sessions, concurrency }).await
+            Scenario::LoginStorm {
+                sessions,
+                concurrency,
+            } => {
+                storm::run(
+                    ctx,
+                    storm::StormOptions {
+                        logins: sessions,
+                        concurrency,
+                    },
+                )
+                .await
             }
-            Scenario::Chat { sessions, rate, duration, drain, window, concurrency } => {
+            Scenario::Chat {
+                sessions,
+                rate,
+                duration,
+                drain,
+                window,
+                concurrency,
+            } => {
                 let rate = match rate {
                     Rate::Max => None,
                     Rate::PerSecond(r) => Some(r),
                 };
-                chat::run(ctx, chat::ChatOptions { sessions, rate, duration, drain, window, concurrency }).await
+                chat::run(
+                    ctx,
+                    chat::ChatOptions {
+                        sessions,
+                        rate,
+                        duration,
+                        drain,
+                        window,
+                        concurrency,
+                    },
+                )
+                .await
             }
         }
     })?;
@@ -230,8 +284,21 @@ mod tests {
     #[test]
     fn cli_parses_a_full_command() {
         let cli = Cli::try_parse_from([
-            "parley-load", "--port", "5322", "--mech", "SCRAM-SHA-1", "--tls", "direct", "--insecure",
-            "chat", "--sessions", "10", "--rate", "100", "--duration", "5s",
+            "parley-load",
+            "--port",
+            "5322",
+            "--mech",
+            "SCRAM-SHA-1",
+            "--tls",
+            "direct",
+            "--insecure",
+            "chat",
+            "--sessions",
+            "10",
+            "--rate",
+            "100",
+            "--duration",
+            "5s",
         ])
         .unwrap();
         assert_eq!(cli.port, 5322);

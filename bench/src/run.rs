@@ -28,7 +28,11 @@ pub struct Pacer {
 impl Pacer {
     pub fn new(rate: f64) -> Self {
         let interval = (rate > 0.0 && rate.is_finite()).then(|| Duration::from_secs_f64(1.0 / rate));
-        Self { origin: tokio::time::Instant::now(), interval, next_slot: AtomicU64::new(0) }
+        Self {
+            origin: tokio::time::Instant::now(),
+            interval,
+            next_slot: AtomicU64::new(0),
+        }
     }
 
     pub async fn wait(&self) {
@@ -51,7 +55,12 @@ impl Failures {
     }
 
     pub fn add_kind(&self, kind: String) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(kind).or_default() += 1;
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(kind)
+            .or_default() += 1;
     }
 
     pub fn total(&self) -> u64 {
@@ -84,7 +93,9 @@ pub async fn establish(ctx: &Arc<Context>, count: usize, concurrency: usize) -> 
     let mut tasks = JoinSet::new();
     for index in 0..count {
         pacer.wait().await;
-        let Ok(permit) = gate.clone().acquire_owned().await else { break };
+        let Ok(permit) = gate.clone().acquire_owned().await else {
+            break;
+        };
         let ctx = ctx.clone();
         let failures = failures.clone();
         let done = done.clone();
@@ -110,7 +121,11 @@ pub async fn establish(ctx: &Arc<Context>, count: usize, concurrency: usize) -> 
         }
     }
     progress.abort();
-    Established { sessions, failures, elapsed: started.elapsed() }
+    Established {
+        sessions,
+        failures,
+        elapsed: started.elapsed(),
+    }
 }
 
 async fn login_online(ctx: &Context, index: usize) -> Result<Session, SessionError> {
@@ -125,13 +140,20 @@ async fn report_progress(done: Arc<AtomicU64>, failures: Arc<Failures>, total: u
     loop {
         tick.tick().await;
         let finished = done.load(Ordering::Relaxed);
-        eprintln!("  .. {finished}/{total} logins finished, {} failed", failures.total());
+        eprintln!(
+            "  .. {finished}/{total} logins finished, {} failed",
+            failures.total()
+        );
     }
 }
 
 /// The bare JID to address an account at.
 pub fn bare_jid(account: &Account, domain: &str) -> String {
-    if account.user.contains('@') { account.user.clone() } else { format!("{}@{domain}", account.user) }
+    if account.user.contains('@') {
+        account.user.clone()
+    } else {
+        format!("{}@{domain}", account.user)
+    }
 }
 
 pub fn millis(micros: u64) -> f64 {
@@ -171,9 +193,15 @@ mod tests {
         failures.add(&SessionError::Closed);
         failures.add(&SessionError::AuthFailed("not-authorized".into()));
         assert_eq!(failures.total(), 3);
-        let account = Account { user: "u1".into(), password: "p".into() };
+        let account = Account {
+            user: "u1".into(),
+            password: "p".into(),
+        };
         assert_eq!(bare_jid(&account, "localhost"), "u1@localhost");
-        let full = Account { user: "u1@example.org".into(), password: "p".into() };
+        let full = Account {
+            user: "u1@example.org".into(),
+            password: "p".into(),
+        };
         assert_eq!(bare_jid(&full, "localhost"), "u1@example.org");
     }
 }

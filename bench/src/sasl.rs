@@ -115,7 +115,9 @@ impl ScramClient {
                 Some(("r=", v)) => nonce = Some(v),
                 Some(("s=", v)) => salt = Some(B64.decode(v).map_err(|_| SaslError::Base64)?),
                 Some(("i=", v)) => {
-                    let n: u64 = v.parse().map_err(|_| SaslError::BadServerFirst("iteration count"))?;
+                    let n: u64 = v
+                        .parse()
+                        .map_err(|_| SaslError::BadServerFirst("iteration count"))?;
                     iterations = Some(n);
                 }
                 Some(("m=", _)) => return Err(SaslError::BadServerFirst("mandatory extension")),
@@ -137,7 +139,12 @@ impl ScramClient {
         let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare());
         let stored_key = digest(self.hash, &keys.client_key);
         let signature = hmac(self.hash, &stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = keys.client_key.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
+        let proof: Vec<u8> = keys
+            .client_key
+            .iter()
+            .zip(&signature)
+            .map(|(a, b)| a ^ b)
+            .collect();
         self.expected_server_signature = Some(hmac(self.hash, &keys.server_key, auth_message.as_bytes()));
         Ok(format!("{without_proof},p={}", B64.encode(proof)))
     }
@@ -182,13 +189,21 @@ fn cache() -> &'static Mutex<HashMap<CacheKey, DerivedKeys>> {
 }
 
 fn derived_keys(hash: ScramHash, user: &str, password: &str, salt: &[u8], iterations: u32) -> DerivedKeys {
-    let key: CacheKey = (hash, user.to_owned(), password.to_owned(), salt.to_vec(), iterations);
+    let key: CacheKey = (
+        hash,
+        user.to_owned(),
+        password.to_owned(),
+        salt.to_vec(),
+        iterations,
+    );
     // A poisoned lock only means another task panicked mid-insert; the map itself is still valid.
     if let Some(found) = cache().lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return found.clone();
     }
     let salted = match hash {
-        ScramHash::Sha1 => pbkdf2::pbkdf2_hmac_array::<Sha1, 20>(password.as_bytes(), salt, iterations).to_vec(),
+        ScramHash::Sha1 => {
+            pbkdf2::pbkdf2_hmac_array::<Sha1, 20>(password.as_bytes(), salt, iterations).to_vec()
+        }
         ScramHash::Sha256 => {
             pbkdf2::pbkdf2_hmac_array::<Sha256, 32>(password.as_bytes(), salt, iterations).to_vec()
         }
@@ -197,7 +212,10 @@ fn derived_keys(hash: ScramHash, user: &str, password: &str, salt: &[u8], iterat
         client_key: hmac(hash, &salted, b"Client Key"),
         server_key: hmac(hash, &salted, b"Server Key"),
     };
-    cache().lock().unwrap_or_else(|p| p.into_inner()).insert(key, keys.clone());
+    cache()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, keys.clone());
     keys
 }
 
@@ -230,8 +248,12 @@ mod tests {
     /// RFC 5802 section 5 example (SCRAM-SHA-1, user "user", password "pencil").
     #[test]
     fn rfc5802_sha1_vector() {
-        let mut client =
-            ScramClient::with_nonce(ScramHash::Sha1, "user", "pencil", "fyko+d2lbbFgONRv9qkxdawL".into());
+        let mut client = ScramClient::with_nonce(
+            ScramHash::Sha1,
+            "user",
+            "pencil",
+            "fyko+d2lbbFgONRv9qkxdawL".into(),
+        );
         assert_eq!(client.client_first(), "n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL");
         let server_first = b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096";
         let fin = client.client_final(server_first).unwrap();
@@ -239,8 +261,13 @@ mod tests {
             fin,
             "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="
         );
-        client.verify_server_final(b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ=").unwrap();
-        assert_eq!(client.verify_server_final(b"v=AAAA"), Err(SaslError::BadServerSignature));
+        client
+            .verify_server_final(b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ=")
+            .unwrap();
+        assert_eq!(
+            client.verify_server_final(b"v=AAAA"),
+            Err(SaslError::BadServerSignature)
+        );
     }
 
     /// RFC 7677 section 3 example (SCRAM-SHA-256).
@@ -256,20 +283,43 @@ mod tests {
             "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,\
              p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
         );
-        client.verify_server_final(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=").unwrap();
+        client
+            .verify_server_final(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+            .unwrap();
     }
 
     #[test]
     fn rejects_hostile_server_first() {
         let mut c = ScramClient::with_nonce(ScramHash::Sha1, "u", "p", "abc".into());
-        assert_eq!(c.client_final(b"r=xyz123,s=QUJD,i=4096"), Err(SaslError::NonceMismatch));
-        assert_eq!(c.client_final(b"r=abc,s=QUJD,i=4096"), Err(SaslError::NonceMismatch));
-        assert_eq!(c.client_final(b"r=abcd,s=QUJD,i=0"), Err(SaslError::Iterations(0)));
-        assert_eq!(c.client_final(b"r=abcd,s=QUJD,i=99999999999"), Err(SaslError::Iterations(99999999999)));
-        assert!(matches!(c.client_final(b"r=abcd,i=4096"), Err(SaslError::BadServerFirst(_))));
-        assert!(matches!(c.client_final(b"m=x,r=abcd,s=QUJD,i=1"), Err(SaslError::BadServerFirst(_))));
+        assert_eq!(
+            c.client_final(b"r=xyz123,s=QUJD,i=4096"),
+            Err(SaslError::NonceMismatch)
+        );
+        assert_eq!(
+            c.client_final(b"r=abc,s=QUJD,i=4096"),
+            Err(SaslError::NonceMismatch)
+        );
+        assert_eq!(
+            c.client_final(b"r=abcd,s=QUJD,i=0"),
+            Err(SaslError::Iterations(0))
+        );
+        assert_eq!(
+            c.client_final(b"r=abcd,s=QUJD,i=99999999999"),
+            Err(SaslError::Iterations(99999999999))
+        );
+        assert!(matches!(
+            c.client_final(b"r=abcd,i=4096"),
+            Err(SaslError::BadServerFirst(_))
+        ));
+        assert!(matches!(
+            c.client_final(b"m=x,r=abcd,s=QUJD,i=1"),
+            Err(SaslError::BadServerFirst(_))
+        ));
         assert_eq!(c.client_final(b"r=abcd,s=!!,i=1"), Err(SaslError::Base64));
-        assert_eq!(c.verify_server_final(b"e=invalid-proof"), Err(SaslError::ServerError("invalid-proof".into())));
+        assert_eq!(
+            c.verify_server_final(b"e=invalid-proof"),
+            Err(SaslError::ServerError("invalid-proof".into()))
+        );
         assert_eq!(c.verify_server_final(b"junk"), Err(SaslError::BadServerFinal));
     }
 

@@ -117,7 +117,11 @@ pub struct XmppReader<R> {
 
 impl<R: AsyncRead + Unpin> XmppReader<R> {
     pub fn new(io: R) -> Self {
-        Self { io, buf: Vec::new(), in_stream: false }
+        Self {
+            io,
+            buf: Vec::new(),
+            in_stream: false,
+        }
     }
 
     /// The next event. Cancel-safe: bytes are only appended to `buf` once a read completed.
@@ -149,7 +153,10 @@ impl<R: AsyncRead + Unpin> XmppReader<R> {
             Event::Element(e) if e.name == "error" => Err(SessionError::StreamError(first_child_name(&e))),
             Event::Element(e) => Ok(e),
             Event::StreamEnd => Err(SessionError::Closed),
-            Event::StreamStart(_) => Err(SessionError::Unexpected { step: "stanza", got: "stream".into() }),
+            Event::StreamStart(_) => Err(SessionError::Unexpected {
+                step: "stanza",
+                got: "stream".into(),
+            }),
         }
     }
 
@@ -160,7 +167,10 @@ impl<R: AsyncRead + Unpin> XmppReader<R> {
 }
 
 fn first_child_name(e: &Element) -> String {
-    e.children.first().map(|c| c.name.clone()).unwrap_or_else(|| "undefined-condition".into())
+    e.children
+        .first()
+        .map(|c| c.name.clone())
+        .unwrap_or_else(|| "undefined-condition".into())
 }
 
 impl XmppReader<Conn> {
@@ -168,7 +178,14 @@ impl XmppReader<Conn> {
     /// receive while another sends.
     pub fn split(self) -> (XmppReader<ReadHalf<Conn>>, WriteHalf<Conn>) {
         let (read, write) = tokio::io::split(self.io);
-        (XmppReader { io: read, buf: self.buf, in_stream: self.in_stream }, write)
+        (
+            XmppReader {
+                io: read,
+                buf: self.buf,
+                in_stream: self.in_stream,
+            },
+            write,
+        )
     }
 }
 
@@ -183,7 +200,9 @@ async fn step<T>(
     name: &'static str,
     fut: impl Future<Output = Result<T, SessionError>>,
 ) -> Result<T, SessionError> {
-    tokio::time::timeout(limit, fut).await.map_err(|_| SessionError::Timeout(name))?
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| SessionError::Timeout(name))?
 }
 
 pub async fn send<W: AsyncWrite + Unpin>(io: &mut W, data: &str) -> Result<(), SessionError> {
@@ -213,13 +232,19 @@ async fn open_stream(target: &Target, reader: &mut XmppReader<Conn>) -> Result<E
         match reader.next_event().await? {
             Event::StreamStart(_) => Ok(()),
             Event::StreamEnd => Err(SessionError::Closed),
-            Event::Element(e) => Err(SessionError::Unexpected { step: "stream header", got: e.name }),
+            Event::Element(e) => Err(SessionError::Unexpected {
+                step: "stream header",
+                got: e.name,
+            }),
         }
     })
     .await?;
     let features = step(target.step_timeout, "stream features", reader.next_element()).await?;
     if features.name != "features" {
-        return Err(SessionError::Unexpected { step: "stream features", got: features.name });
+        return Err(SessionError::Unexpected {
+            step: "stream features",
+            got: features.name,
+        });
     }
     Ok(features)
 }
@@ -242,17 +267,27 @@ pub async fn login(target: &Target, account: &Account) -> Result<Session, Sessio
         if features.child_ns("starttls", NS_TLS).is_none() {
             return Err(SessionError::StartTlsNotOffered);
         }
-        send(&mut reader.io, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await?;
+        send(
+            &mut reader.io,
+            "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+        )
+        .await?;
         let answer = step(target.step_timeout, "STARTTLS proceed", reader.next_element()).await?;
         if answer.name != "proceed" {
             return Err(SessionError::StartTlsRefused);
         }
         if reader.pending() != 0 {
             // Bytes after <proceed/> in the clear would be injected into the TLS session.
-            return Err(SessionError::Unexpected { step: "TLS handshake", got: "cleartext data".into() });
+            return Err(SessionError::Unexpected {
+                step: "TLS handshake",
+                got: "cleartext data".into(),
+            });
         }
         let Conn::Plain(tcp) = reader.io else {
-            return Err(SessionError::Unexpected { step: "STARTTLS", got: "TLS already on".into() });
+            return Err(SessionError::Unexpected {
+                step: "STARTTLS",
+                got: "TLS already on".into(),
+            });
         };
         let conn = step(target.step_timeout, "TLS handshake", tls_handshake(target, tcp)).await?;
         reader = XmppReader::new(conn);
@@ -261,7 +296,10 @@ pub async fn login(target: &Target, account: &Account) -> Result<Session, Sessio
     authenticate(target, account, &mut reader, &features).await?;
     let features = open_stream(target, &mut reader).await?;
     if features.child_ns("bind", NS_BIND).is_none() {
-        return Err(SessionError::Unexpected { step: "bind feature", got: "features without bind".into() });
+        return Err(SessionError::Unexpected {
+            step: "bind feature",
+            got: "features without bind".into(),
+        });
     }
     let bind = iq(
         target,
@@ -276,11 +314,16 @@ pub async fn login(target: &Target, account: &Account) -> Result<Session, Sessio
     bind.child_ns("bind", NS_BIND)
         .and_then(|b| b.child("jid"))
         .filter(|j| !j.text.trim().is_empty())
-        .ok_or(SessionError::IqFailed { step: "bind", condition: "no jid in result".into() })?;
+        .ok_or(SessionError::IqFailed {
+            step: "bind",
+            condition: "no jid in result".into(),
+        })?;
     // RFC 6121 dropped the session IQ; servers that still announce it without <optional/> need it.
-    if features.child_ns("session", NS_SESSION).is_some_and(|s| s.child("optional").is_none()) {
-        let request =
-            "<iq type='set' id='sess1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>";
+    if features
+        .child_ns("session", NS_SESSION)
+        .is_some_and(|s| s.child("optional").is_none())
+    {
+        let request = "<iq type='set' id='sess1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>";
         iq(target, &mut reader, "session", request, "sess1").await?;
     }
     Ok(Session { reader })
@@ -298,10 +341,14 @@ async fn authenticate(
 ) -> Result<(), SessionError> {
     let wanted = target.mechanism.name();
     let mechanisms = features.child_ns("mechanisms", NS_SASL);
-    let offered: Vec<&str> =
-        mechanisms.map(|m| m.children.iter().map(|c| c.text.trim()).collect()).unwrap_or_default();
+    let offered: Vec<&str> = mechanisms
+        .map(|m| m.children.iter().map(|c| c.text.trim()).collect())
+        .unwrap_or_default();
     if !offered.contains(&wanted) {
-        return Err(SessionError::MechanismNotOffered { wanted, offered: offered.join(" ") });
+        return Err(SessionError::MechanismNotOffered {
+            wanted,
+            offered: offered.join(" "),
+        });
     }
     let user = bare_localpart(&account.user);
     let mut scram = ScramClient::new(target.mechanism, user, &account.password);
@@ -311,7 +358,10 @@ async fn authenticate(
     };
     send(
         &mut reader.io,
-        &format!("<auth xmlns='{NS_SASL}' mechanism='{wanted}'>{}</auth>", B64.encode(initial)),
+        &format!(
+            "<auth xmlns='{NS_SASL}' mechanism='{wanted}'>{}</auth>",
+            B64.encode(initial)
+        ),
     )
     .await?;
     let mut verified = false;
@@ -321,8 +371,11 @@ async fn authenticate(
         match (reply.name.as_str(), scram.as_mut()) {
             ("challenge", Some(client)) if !verified && client_final_pending(client) => {
                 let fin = client.client_final(&data)?;
-                send(&mut reader.io, &format!("<response xmlns='{NS_SASL}'>{}</response>", B64.encode(fin)))
-                    .await?;
+                send(
+                    &mut reader.io,
+                    &format!("<response xmlns='{NS_SASL}'>{}</response>", B64.encode(fin)),
+                )
+                .await?;
             }
             ("challenge", Some(client)) if !verified => {
                 // Some servers send server-final as a challenge, then expect an empty response.
@@ -338,7 +391,12 @@ async fn authenticate(
             }
             ("success", None) => return Ok(()),
             ("failure", _) => return Err(SessionError::AuthFailed(first_child_name(&reply))),
-            (other, _) => return Err(SessionError::Unexpected { step: "SASL", got: other.to_owned() }),
+            (other, _) => {
+                return Err(SessionError::Unexpected {
+                    step: "SASL",
+                    got: other.to_owned(),
+                });
+            }
         }
     }
 }
@@ -428,9 +486,15 @@ mod tests {
                 server.write_all(chunk).await.unwrap();
             }
         });
-        assert!(matches!(reader.next_event().await.unwrap(), Event::StreamStart(_)));
+        assert!(matches!(
+            reader.next_event().await.unwrap(),
+            Event::StreamStart(_)
+        ));
         assert_eq!(reader.next_element().await.unwrap().attr("from"), Some("a@b/c"));
-        assert_eq!(reader.next_element().await.unwrap().child("body").unwrap().text, "hi");
+        assert_eq!(
+            reader.next_element().await.unwrap().child("body").unwrap().text,
+            "hi"
+        );
         assert!(matches!(reader.next_element().await, Err(SessionError::Closed)));
         writer.await.unwrap();
     }
@@ -447,7 +511,10 @@ mod tests {
             .await
             .unwrap();
         drop(server);
-        assert!(matches!(reader.next_event().await.unwrap(), Event::StreamStart(_)));
+        assert!(matches!(
+            reader.next_event().await.unwrap(),
+            Event::StreamStart(_)
+        ));
         match reader.next_element().await {
             Err(SessionError::StreamError(c)) => assert_eq!(c, "host-unknown"),
             other => panic!("expected stream error, got {other:?}"),
@@ -459,7 +526,10 @@ mod tests {
     fn sasl_data_and_localpart() {
         assert_eq!(decode_sasl_data(" = ").unwrap(), Vec::<u8>::new());
         assert_eq!(decode_sasl_data("YWJj").unwrap(), b"abc");
-        assert!(matches!(decode_sasl_data("!!"), Err(SessionError::Sasl(SaslError::Base64))));
+        assert!(matches!(
+            decode_sasl_data("!!"),
+            Err(SessionError::Sasl(SaslError::Base64))
+        ));
         assert_eq!(bare_localpart("user1@localhost"), "user1");
         assert_eq!(bare_localpart("user1"), "user1");
     }

@@ -26,8 +26,13 @@ pub async fn run(ctx: Arc<Context>, options: StormOptions) -> anyhow::Result<()>
     let started = Instant::now();
     let mut workers = JoinSet::new();
     for _ in 0..options.concurrency.max(1) {
-        let (ctx, next, latency, failures, pacer) =
-            (ctx.clone(), next.clone(), latency.clone(), failures.clone(), pacer.clone());
+        let (ctx, next, latency, failures, pacer) = (
+            ctx.clone(),
+            next.clone(),
+            latency.clone(),
+            failures.clone(),
+            pacer.clone(),
+        );
         let total = options.logins;
         workers.spawn(async move {
             loop {
@@ -59,7 +64,10 @@ pub async fn run(ctx: Arc<Context>, options: StormOptions) -> anyhow::Result<()>
     let ok = latency.count();
     let rate = ok as f64 / elapsed;
     println!("scenario: login-storm");
-    println!("logins requested: {}  concurrency: {}", options.logins, options.concurrency);
+    println!(
+        "logins requested: {}  concurrency: {}",
+        options.logins, options.concurrency
+    );
     println!("logins ok:        {ok}");
     println!("logins failed:    {}", failures.total());
     failures.print();

@@ -38,7 +38,10 @@ pub struct Element {
 
 impl Element {
     pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn child(&self, name: &str) -> Option<&Element> {
@@ -47,7 +50,9 @@ impl Element {
 
     /// A child matched by local name and declared namespace.
     pub fn child_ns(&self, name: &str, ns: &str) -> Option<&Element> {
-        self.children.iter().find(|c| c.name == name && c.attr("xmlns") == Some(ns))
+        self.children
+            .iter()
+            .find(|c| c.name == name && c.attr("xmlns") == Some(ns))
     }
 }
 
@@ -104,7 +109,11 @@ pub fn next_event(buf: &[u8], in_stream: bool) -> Result<Option<(Event, usize)>,
             b'!' => return Err(XmlError::Unsupported("comment, CDATA or DTD at stream level")),
             b'/' => {
                 let Some(end) = memchr_byte(rest, b'>') else {
-                    return if rest.len() > 1024 { Err(XmlError::TooLarge) } else { Ok(None) };
+                    return if rest.len() > 1024 {
+                        Err(XmlError::TooLarge)
+                    } else {
+                        Ok(None)
+                    };
                 };
                 if !in_stream {
                     return Err(XmlError::Malformed("end tag before stream header"));
@@ -123,7 +132,11 @@ pub fn next_event(buf: &[u8], in_stream: bool) -> Result<Option<(Event, usize)>,
                         return Err(XmlError::Malformed("expected stream header"));
                     }
                     let (name, attrs) = parse_start_tag(tag)?;
-                    let header = Element { name, attrs, ..Element::default() };
+                    let header = Element {
+                        name,
+                        attrs,
+                        ..Element::default()
+                    };
                     return Ok(Some((Event::StreamStart(header), pos + tag_len)));
                 }
                 return match scan_element(rest)? {
@@ -169,7 +182,11 @@ fn scan_tag(buf: &[u8]) -> Result<Option<usize>, XmlError> {
             return Err(XmlError::TooLarge);
         }
     }
-    if buf.len() > MAX_ELEMENT_BYTES { Err(XmlError::TooLarge) } else { Ok(None) }
+    if buf.len() > MAX_ELEMENT_BYTES {
+        Err(XmlError::TooLarge)
+    } else {
+        Ok(None)
+    }
 }
 
 fn tag_name(tag: &[u8]) -> Result<&[u8], XmlError> {
@@ -193,7 +210,11 @@ fn scan_element(buf: &[u8]) -> Result<Scan, XmlError> {
             return Err(XmlError::TooLarge);
         }
         let Some(lt) = memchr_byte(&buf[pos..], b'<') else {
-            return if buf.len() > MAX_ELEMENT_BYTES { Err(XmlError::TooLarge) } else { Ok(Scan::Incomplete) };
+            return if buf.len() > MAX_ELEMENT_BYTES {
+                Err(XmlError::TooLarge)
+            } else {
+                Ok(Scan::Incomplete)
+            };
         };
         pos += lt;
         let rest = &buf[pos..];
@@ -218,7 +239,9 @@ fn scan_element(buf: &[u8]) -> Result<Scan, XmlError> {
         };
         let tag = &rest[..tag_len];
         if tag[1] == b'/' {
-            depth = depth.checked_sub(1).ok_or(XmlError::Malformed("unbalanced end tag"))?;
+            depth = depth
+                .checked_sub(1)
+                .ok_or(XmlError::Malformed("unbalanced end tag"))?;
         } else if tag[tag_len - 2] != b'/' {
             depth += 1;
             if depth > MAX_DEPTH {
@@ -233,7 +256,11 @@ fn scan_element(buf: &[u8]) -> Result<Scan, XmlError> {
 }
 
 fn incomplete_or_too_large(buf: &[u8]) -> Result<Scan, XmlError> {
-    if buf.len() > MAX_ELEMENT_BYTES { Err(XmlError::TooLarge) } else { Ok(Scan::Incomplete) }
+    if buf.len() > MAX_ELEMENT_BYTES {
+        Err(XmlError::TooLarge)
+    } else {
+        Ok(Scan::Incomplete)
+    }
 }
 
 /// Parses a start tag (`<name a='v' ...>` or `<name .../>`) into its local name and attributes.
@@ -241,7 +268,11 @@ fn parse_start_tag(tag: &[u8]) -> Result<(String, Vec<(String, String)>), XmlErr
     let qname = tag_name(tag)?;
     let name = utf8(local(qname))?.to_owned();
     let mut attrs = Vec::new();
-    let end = if tag.ends_with(b"/>") { tag.len() - 2 } else { tag.len() - 1 };
+    let end = if tag.ends_with(b"/>") {
+        tag.len() - 2
+    } else {
+        tag.len() - 1
+    };
     let mut pos = 1 + qname.len();
     loop {
         while pos < end && tag[pos].is_ascii_whitespace() {
@@ -256,11 +287,14 @@ fn parse_start_tag(tag: &[u8]) -> Result<(String, Vec<(String, String)>), XmlErr
         while pos < end && tag[pos].is_ascii_whitespace() {
             pos += 1;
         }
-        let quote = *tag.get(pos).ok_or(XmlError::Malformed("attribute without value"))?;
+        let quote = *tag
+            .get(pos)
+            .ok_or(XmlError::Malformed("attribute without value"))?;
         if quote != b'"' && quote != b'\'' {
             return Err(XmlError::Malformed("unquoted attribute value"));
         }
-        let close = memchr_byte(&tag[pos + 1..end], quote).ok_or(XmlError::Malformed("unterminated value"))?;
+        let close =
+            memchr_byte(&tag[pos + 1..end], quote).ok_or(XmlError::Malformed("unterminated value"))?;
         let value = unescape(&tag[pos + 1..pos + 1 + close])?;
         if key.is_empty() {
             return Err(XmlError::Malformed("empty attribute name"));
@@ -292,7 +326,9 @@ pub fn parse_element(bytes: &[u8]) -> Result<Element, XmlError> {
         let rest = &bytes[pos..];
         if rest.starts_with(b"<![CDATA[") {
             let end = find(rest, b"]]>").ok_or(XmlError::Malformed("unterminated CDATA"))?;
-            let open = stack.last_mut().ok_or(XmlError::Malformed("CDATA outside element"))?;
+            let open = stack
+                .last_mut()
+                .ok_or(XmlError::Malformed("CDATA outside element"))?;
             open.text.push_str(utf8(&rest[9..end])?);
             pos += end + 3;
             continue;
@@ -309,7 +345,11 @@ pub fn parse_element(bytes: &[u8]) -> Result<Element, XmlError> {
             Some(done)
         } else {
             let (name, attrs) = parse_start_tag(tag)?;
-            let element = Element { name, attrs, ..Element::default() };
+            let element = Element {
+                name,
+                attrs,
+                ..Element::default()
+            };
             if tag.ends_with(b"/>") {
                 Some(element)
             } else {
@@ -348,7 +388,10 @@ pub fn unescape(raw: &[u8]) -> Result<String, XmlError> {
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         let after = &rest[amp + 1..];
-        let semi = after.find(';').filter(|&i| i <= 10).ok_or(XmlError::Malformed("bad entity"))?;
+        let semi = after
+            .find(';')
+            .filter(|&i| i <= 10)
+            .ok_or(XmlError::Malformed("bad entity"))?;
         let entity = &after[..semi];
         let decoded = match entity {
             "lt" => '<',
@@ -364,7 +407,9 @@ pub fn unescape(raw: &[u8]) -> Result<String, XmlError> {
                 } else {
                     return Err(XmlError::Unsupported("undeclared entity"));
                 };
-                code.ok().and_then(char::from_u32).ok_or(XmlError::Malformed("bad character reference"))?
+                code.ok()
+                    .and_then(char::from_u32)
+                    .ok_or(XmlError::Malformed("bad character reference"))?
             }
         };
         out.push(decoded);
@@ -415,7 +460,9 @@ mod tests {
             }
         }
         let (header, used) = next_event(&stream, false).unwrap().unwrap();
-        let Event::StreamStart(header) = header else { panic!("no header") };
+        let Event::StreamStart(header) = header else {
+            panic!("no header")
+        };
         assert_eq!(header.attr("id"), Some("abc"));
         assert_eq!(header.name, "stream");
         let rest = &stream[used..];
@@ -430,19 +477,32 @@ mod tests {
                 Some(other) => panic!("unexpected {other:?}"),
             }
         }
-        let Event::Element(features) = features else { panic!("no element") };
+        let Event::Element(features) = features else {
+            panic!("no element")
+        };
         assert_eq!(features.name, "features");
-        let mechs = features.child_ns("mechanisms", "urn:ietf:params:xml:ns:xmpp-sasl").unwrap();
+        let mechs = features
+            .child_ns("mechanisms", "urn:ietf:params:xml:ns:xmpp-sasl")
+            .unwrap();
         let names: Vec<_> = mechs.children.iter().map(|m| m.text.as_str()).collect();
         assert_eq!(names, ["PLAIN", "SCRAM-SHA-1"]);
-        assert_eq!(next_event(&rest[used2..], true).unwrap().unwrap().0, Event::StreamEnd);
+        assert_eq!(
+            next_event(&rest[used2..], true).unwrap().unwrap().0,
+            Event::StreamEnd
+        );
     }
 
     #[test]
     fn several_stanzas_in_one_read() {
         let buf = b"<presence/><message to='a@b' type='chat'><body>1 &lt;2&gt; &amp; &#x41;&#66;</body></message>  ";
         let (first, used) = next_event(buf, true).unwrap().unwrap();
-        assert_eq!(first, Event::Element(Element { name: "presence".into(), ..Default::default() }));
+        assert_eq!(
+            first,
+            Event::Element(Element {
+                name: "presence".into(),
+                ..Default::default()
+            })
+        );
         let (second, used2) = next_event(&buf[used..], true).unwrap().unwrap();
         let Event::Element(msg) = second else { panic!() };
         assert_eq!(msg.attr("type"), Some("chat"));
@@ -462,15 +522,42 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        assert_eq!(next_event(b"hello", true), Err(XmlError::Malformed("text at stream level")));
-        assert!(matches!(next_event(b"<!DOCTYPE x>", false), Err(XmlError::Unsupported(_))));
-        assert!(matches!(next_event(b"<a><!-- c --></a>", true), Err(XmlError::Unsupported(_))));
-        assert!(matches!(next_event(b"<a></b>", true), Err(XmlError::Malformed("mismatched end tag"))));
-        assert!(matches!(next_event(b"<a x='1' x='2'/>", true), Err(XmlError::Malformed(_))));
-        assert!(matches!(next_event(b"<a x=1/>", true), Err(XmlError::Malformed(_))));
-        assert!(matches!(next_event(b"<a>&foo;</a>", true), Err(XmlError::Unsupported(_))));
-        assert!(matches!(next_event(b"<a>&#xD800;</a>", true), Err(XmlError::Malformed(_))));
-        assert!(matches!(next_event(b"<message/>", false), Err(XmlError::Malformed(_))));
+        assert_eq!(
+            next_event(b"hello", true),
+            Err(XmlError::Malformed("text at stream level"))
+        );
+        assert!(matches!(
+            next_event(b"<!DOCTYPE x>", false),
+            Err(XmlError::Unsupported(_))
+        ));
+        assert!(matches!(
+            next_event(b"<a><!-- c --></a>", true),
+            Err(XmlError::Unsupported(_))
+        ));
+        assert!(matches!(
+            next_event(b"<a></b>", true),
+            Err(XmlError::Malformed("mismatched end tag"))
+        ));
+        assert!(matches!(
+            next_event(b"<a x='1' x='2'/>", true),
+            Err(XmlError::Malformed(_))
+        ));
+        assert!(matches!(
+            next_event(b"<a x=1/>", true),
+            Err(XmlError::Malformed(_))
+        ));
+        assert!(matches!(
+            next_event(b"<a>&foo;</a>", true),
+            Err(XmlError::Unsupported(_))
+        ));
+        assert!(matches!(
+            next_event(b"<a>&#xD800;</a>", true),
+            Err(XmlError::Malformed(_))
+        ));
+        assert!(matches!(
+            next_event(b"<message/>", false),
+            Err(XmlError::Malformed(_))
+        ));
         assert!(matches!(next_event(b"<a>\xff</a>", true), Err(XmlError::Utf8)));
     }
 

@@ -2,6 +2,8 @@
 //! (tokio-xmpp) for normal paths, raw XML streams for edge cases, and a client program from
 //! outside the Rust ecosystem for interoperability.
 
+mod archive;
 mod client;
 mod interop;
+mod ldap;
 mod raw;

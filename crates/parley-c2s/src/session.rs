@@ -186,8 +186,12 @@ async fn open_stream<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// RFC 6120 §4.7: the stream must be for our domain and speak version 1.0.
+/// RFC 6120 §4.7-4.8: the stream must be for our domain, in the jabber:client content
+/// namespace, and speak version 1.0.
 fn check_header(header: &StreamHeader, domain: &str) -> Result<(), ConnError> {
+    if header.content_namespace.as_deref() != Some(ns::CLIENT) {
+        return Err(stream_err(Cond::InvalidNamespace, "A client stream's content namespace is jabber:client"));
+    }
     if let Some(to) = header.to.as_deref()
         && !to.eq_ignore_ascii_case(domain)
     {
@@ -572,6 +576,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
                     }
                 }
                 () = &mut idle => {
+                    // Whitespace keepalives (RFC 6120 §4.6.1) are read without producing an
+                    // event, so bytes read since the timer was set count as activity here.
+                    if self.conn.take_activity() {
+                        idle.as_mut().reset(Instant::now() + ping_idle_after);
+                        ping_outstanding = false;
+                        continue;
+                    }
                     if ping_outstanding {
                         break Err(StreamError::with_text(Cond::ConnectionTimeout, "No answer to ping"));
                     }

@@ -181,10 +181,12 @@ impl Config {
                 "c2s" => read_section(&name, value, &mut config.c2s, &mut report),
                 "storage" => read_section(&name, value, &mut config.storage, &mut report),
                 "directory" => read_section(&name, value, &mut config.directory, &mut report),
+                "ldap" => read_section(&name, value, &mut config.ldap, &mut report),
                 "roster" => read_section(&name, value, &mut config.roster, &mut report),
                 "offline" => read_section(&name, value, &mut config.offline, &mut report),
                 "vcard" => read_section(&name, value, &mut config.vcard, &mut report),
                 "private_storage" => read_section(&name, value, &mut config.private_storage, &mut report),
+                "archive" => read_section(&name, value, &mut config.archive, &mut report),
                 "admin_http" => read_section(&name, value, &mut config.admin_http, &mut report),
                 "log" => read_section(&name, value, &mut config.log, &mut report),
                 _ => {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ByteSize, Duration};
+use crate::{ByteSize, Duration, Secret};
 
 /// The whole server configuration, one field per TOML section.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -24,6 +24,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `[directory]`: where users, groups and admins come from.
     pub directory: DirectoryConfig,
+    /// `[ldap]`: the LDAP directory, used when `directory.backend = "ldap"`.
+    pub ldap: LdapConfig,
     /// `[roster]`: contact list limits.
     pub roster: RosterConfig,
     /// `[offline]`: messages kept for users who are not online.
@@ -32,6 +34,8 @@ pub struct Config {
     pub vcard: VcardConfig,
     /// `[private_storage]`: XEP-0049 private XML storage limits.
     pub private_storage: PrivateStorageConfig,
+    /// `[archive]`: the compliance archive: checkpoints and retention.
+    pub archive: ArchiveConfig,
     /// `[admin_http]`: metrics and health endpoint.
     pub admin_http: AdminHttpConfig,
     /// `[log]`: log filter and format.
@@ -45,10 +49,12 @@ pub(crate) const SECTIONS: &[&str] = &[
     "c2s",
     "storage",
     "directory",
+    "ldap",
     "roster",
     "offline",
     "vcard",
     "private_storage",
+    "archive",
     "admin_http",
     "log",
 ];
@@ -226,16 +232,152 @@ pub enum DirectoryBackend {
     /// A local TOML file of users with argon2 password hashes (the default).
     #[default]
     Static,
+    /// An LDAP directory (OpenLDAP, 389-DS, Active Directory), configured in `[ldap]`.
+    Ldap,
 }
 
 /// `[directory]`
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DirectoryConfig {
-    /// `"static"` (LDAP arrives later).
+    /// `"static"` or `"ldap"` (then `[ldap]` says where and how).
     pub backend: DirectoryBackend,
     /// The static backend's user file; unset means `<data_dir>/users.toml`.
     pub static_file: Option<PathBuf>,
+}
+
+/// How deep below `ldap.base_dn` entries are searched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LdapScope {
+    /// The base entry and everything below it (the default).
+    #[default]
+    Sub,
+    /// Only the entries directly below the base.
+    One,
+}
+
+/// How a group entry names its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LdapMemberAttribute {
+    /// `member` holds member DNs (groupOfNames, Active Directory groups).
+    #[serde(rename = "member")]
+    Member,
+    /// `uniqueMember` holds member DNs (groupOfUniqueNames).
+    #[serde(rename = "uniqueMember")]
+    UniqueMember,
+    /// `memberUid` holds member user ids (posixGroup), matched against the localpart attribute.
+    #[serde(rename = "memberUid")]
+    MemberUid,
+    /// Users carry the group's DN in their own `memberOf` (Active Directory, OpenLDAP memberof overlay).
+    #[serde(rename = "memberOf")]
+    MemberOf,
+}
+
+/// One `[[ldap.groups]]` entry: an LDAP group Parley knows by `name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapGroupConfig {
+    /// The group's name inside Parley (shared roster group name, `ldap.admin_group`).
+    pub name: String,
+    /// The group entry's DN.
+    pub dn: String,
+    /// `"member"`, `"uniqueMember"`, `"memberUid"` or `"memberOf"`.
+    pub member_attribute: LdapMemberAttribute,
+}
+
+/// `[ldap]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LdapConfig {
+    /// Server URLs, tried in order: `ldaps://host:636` or `ldap://host:389` (with `starttls`).
+    pub servers: Vec<String>,
+    /// Upgrade `ldap://` connections with StartTLS before anything is sent.
+    pub starttls: bool,
+    /// PEM file of the CA(s) that signed the servers' certificates; unset means the system store.
+    pub ca_file: Option<PathBuf>,
+    /// Verify the servers' certificates. `false` is for testing only (warned).
+    pub tls_verify: bool,
+    /// DN of the service account that searches the directory; empty means an anonymous search.
+    pub bind_dn: String,
+    /// The service account's password, as `env:NAME` or `file:/path`.
+    pub bind_password: Option<Secret>,
+    /// Time allowed to open a connection (TCP and TLS).
+    pub connect_timeout: Duration,
+    /// Time allowed for one LDAP operation (a search, a bind).
+    pub operation_timeout: Duration,
+    /// How often a server marked down is probed again; until then it is skipped.
+    pub health_check_interval: Duration,
+    /// Service connections kept open per server for searches.
+    pub search_connections: usize,
+    /// Most user binds (password checks) in flight at once.
+    pub max_concurrent_binds: usize,
+    /// Where users are searched.
+    pub base_dn: String,
+    /// `"sub"` (whole subtree) or `"one"` (one level).
+    pub scope: LdapScope,
+    /// LDAP filter selecting the users who may log in, including the "enabled" condition.
+    pub user_filter: String,
+    /// Attribute that becomes the JID localpart (`uid`, `sAMAccountName`, `mail`...).
+    pub localpart_attribute: String,
+    /// Take the part before '@' of the localpart attribute (for `mail`).
+    pub localpart_is_email: bool,
+    /// Attribute shown as the person's name; empty means not mapped.
+    pub display_name_attribute: String,
+    /// E-mail attribute; empty means not mapped.
+    pub email_attribute: String,
+    /// Department attribute; empty means not mapped.
+    pub department_attribute: String,
+    /// Job title attribute; empty means not mapped.
+    pub title_attribute: String,
+    /// Telephone attribute; empty means not mapped.
+    pub phone_attribute: String,
+    /// Groups Parley knows (shared rosters, admins).
+    pub groups: Vec<LdapGroupConfig>,
+    /// Name of the group in `groups` whose members are server administrators; empty means none.
+    pub admin_group: String,
+    /// How often the directory is polled for changes (`modifyTimestamp`).
+    pub poll_interval: Duration,
+    /// How often every user and group is read again, which also finds deleted entries.
+    pub full_sync_interval: Duration,
+    /// Entries requested per page of a search.
+    pub page_size: usize,
+    /// Most users read; more is an error, so a wrong filter can't exhaust memory.
+    pub max_users: usize,
+}
+
+impl Default for LdapConfig {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            starttls: true,
+            ca_file: None,
+            tls_verify: true,
+            bind_dn: String::new(),
+            bind_password: None,
+            connect_timeout: Duration::from_secs(5),
+            operation_timeout: Duration::from_secs(10),
+            health_check_interval: Duration::from_secs(5),
+            search_connections: 2,
+            max_concurrent_binds: 16,
+            base_dn: String::new(),
+            scope: LdapScope::Sub,
+            user_filter: "(&(objectClass=inetOrgPerson)(!(pwdAccountLockedTime=*)))".to_owned(),
+            localpart_attribute: "uid".to_owned(),
+            localpart_is_email: false,
+            display_name_attribute: "cn".to_owned(),
+            email_attribute: "mail".to_owned(),
+            department_attribute: "departmentNumber".to_owned(),
+            title_attribute: "title".to_owned(),
+            phone_attribute: "telephoneNumber".to_owned(),
+            groups: Vec::new(),
+            admin_group: String::new(),
+            poll_interval: Duration::from_secs(10),
+            full_sync_interval: Duration::from_secs(300),
+            page_size: 500,
+            max_users: 100_000,
+        }
+    }
 }
 
 /// `[roster]`
@@ -294,6 +436,41 @@ impl Default for PrivateStorageConfig {
     fn default() -> Self {
         Self {
             max_size: ByteSize::kib(64),
+        }
+    }
+}
+
+/// `[archive]`: the compliance archive. It is always on: every message is recorded, with no
+/// per-user opt-out; these options only say how long records are kept and how often the chain
+/// is checkpointed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// How long messages are kept; "0" keeps them forever.
+    pub retention: Duration,
+    /// Retention overrides per department (the directory's department); "0" means forever.
+    /// Where several apply (a department and groups, or two participants), the longest wins.
+    pub retention_departments: std::collections::BTreeMap<String, Duration>,
+    /// Retention overrides per directory group; "0" means forever.
+    pub retention_groups: std::collections::BTreeMap<String, Duration>,
+    /// How often the server deletes expired messages; "0" disables the periodic purge (run
+    /// `parley archive purge` instead).
+    pub purge_interval: Duration,
+    /// A checkpoint of the chain head is kept at least every this many records...
+    pub checkpoint_every: u64,
+    /// ...and at least this often while messages arrive.
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(7 * 365 * 86_400),
+            retention_departments: std::collections::BTreeMap::new(),
+            retention_groups: std::collections::BTreeMap::new(),
+            purge_interval: Duration::from_secs(3600),
+            checkpoint_every: 10_000,
+            checkpoint_interval: Duration::from_secs(60),
         }
     }
 }

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use crate::ByteSize;
 use crate::load::Report;
-use crate::model::{Config, KNOWN_SASL_MECHANISMS, StorageBackend, is_empty_path};
+use crate::model::{
+    Config, DirectoryBackend, KNOWN_SASL_MECHANISMS, LdapConfig, StorageBackend, is_empty_path,
+};
 
 /// Largest stanza limit accepted: XMPP stanzas are messages, not file transfers.
 pub const MAX_STANZA_SIZE_LIMIT: ByteSize = ByteSize::mib(16);
@@ -39,6 +41,9 @@ pub(crate) fn validate(config: &Config, sections: &[&str], report: &mut Report) 
             report,
         );
     }
+    if checked("directory") && checked("ldap") {
+        check_ldap(config, report);
+    }
     if checked("roster") {
         positive_count("roster.max_items", config.roster.max_items, report);
     }
@@ -55,6 +60,9 @@ pub(crate) fn validate(config: &Config, sections: &[&str], report: &mut Report) 
             config,
             report,
         );
+    }
+    if checked("archive") {
+        check_archive(config, report);
     }
     if checked("admin_http") {
         check_admin_http(config, report);
@@ -254,6 +262,210 @@ fn check_storage(config: &Config, report: &mut Report) {
     }
 }
 
+/// Most search connections per LDAP server: a few suffice, since each multiplexes operations.
+const MAX_LDAP_SEARCH_CONNECTIONS: usize = 16;
+
+fn check_ldap(config: &Config, report: &mut Report) {
+    let ldap = &config.ldap;
+    if config.directory.backend != DirectoryBackend::Ldap {
+        if *ldap != LdapConfig::default() {
+            report.warn("ldap", "ignored: directory.backend is not \"ldap\"");
+        }
+        return;
+    }
+    if ldap.servers.is_empty() {
+        report.reject(
+            "ldap.servers",
+            "must list at least one server, e.g. \"ldaps://ldap.example.com\"",
+        );
+    }
+    for (index, url) in ldap.servers.iter().enumerate() {
+        let path = format!("ldap.servers[{index}]");
+        match check_ldap_url(url) {
+            Err(reason) => report.reject(path, reason),
+            Ok(false) if !ldap.starttls => report.warn(
+                path,
+                "ldap:// without starttls sends passwords unencrypted; use ldaps:// or starttls = true",
+            ),
+            Ok(_) => {}
+        }
+    }
+    if !ldap.tls_verify {
+        report.warn(
+            "ldap.tls_verify",
+            "false accepts any certificate, so anyone on the path can read passwords; testing only",
+        );
+    }
+    check_optional_path("ldap.ca_file", ldap.ca_file.as_deref(), report);
+    match (ldap.bind_dn.trim().is_empty(), &ldap.bind_password) {
+        (false, None) => report.reject(
+            "ldap.bind_password",
+            "ldap.bind_dn is set, so bind_password must be too",
+        ),
+        (true, Some(_)) => report.reject(
+            "ldap.bind_dn",
+            "ldap.bind_password is set, so bind_dn must be too",
+        ),
+        (true, None) => report.warn("ldap.bind_dn", "empty: the directory is searched anonymously"),
+        (false, Some(secret)) => {
+            if let Some(warning) = secret.literal_warning("ldap.bind_password") {
+                report.warnings.push(warning);
+            }
+        }
+    }
+    for (path, value) in [
+        ("ldap.connect_timeout", ldap.connect_timeout),
+        ("ldap.operation_timeout", ldap.operation_timeout),
+        ("ldap.health_check_interval", ldap.health_check_interval),
+        ("ldap.poll_interval", ldap.poll_interval),
+        ("ldap.full_sync_interval", ldap.full_sync_interval),
+    ] {
+        if value.is_zero() {
+            report.reject(path, "must be greater than 0");
+        }
+    }
+    if ldap.full_sync_interval < ldap.poll_interval {
+        report.reject(
+            "ldap.full_sync_interval",
+            "must not be shorter than ldap.poll_interval",
+        );
+    }
+    positive_count("ldap.search_connections", ldap.search_connections, report);
+    if ldap.search_connections > MAX_LDAP_SEARCH_CONNECTIONS {
+        report.reject(
+            "ldap.search_connections",
+            format!("must be at most {MAX_LDAP_SEARCH_CONNECTIONS}"),
+        );
+    }
+    positive_count("ldap.max_concurrent_binds", ldap.max_concurrent_binds, report);
+    positive_count("ldap.page_size", ldap.page_size, report);
+    positive_count("ldap.max_users", ldap.max_users, report);
+    if ldap.base_dn.trim().is_empty() {
+        report.reject(
+            "ldap.base_dn",
+            "must not be empty, e.g. \"ou=people,dc=example,dc=com\"",
+        );
+    }
+    if let Err(reason) = check_ldap_filter(&ldap.user_filter) {
+        report.reject("ldap.user_filter", reason);
+    }
+    for (path, name, required) in [
+        ("ldap.localpart_attribute", &ldap.localpart_attribute, true),
+        ("ldap.display_name_attribute", &ldap.display_name_attribute, false),
+        ("ldap.email_attribute", &ldap.email_attribute, false),
+        ("ldap.department_attribute", &ldap.department_attribute, false),
+        ("ldap.title_attribute", &ldap.title_attribute, false),
+        ("ldap.phone_attribute", &ldap.phone_attribute, false),
+    ] {
+        if name.is_empty() {
+            if required {
+                report.reject(path, "must not be empty, e.g. \"uid\"");
+            }
+        } else if !is_attribute_name(name) {
+            report.reject(
+                path,
+                format!("\"{}\" is not an LDAP attribute name", crate::size::echo(name)),
+            );
+        }
+    }
+    let mut names = HashSet::new();
+    for (index, group) in ldap.groups.iter().enumerate() {
+        if group.name.trim().is_empty() {
+            report.reject(format!("ldap.groups[{index}].name"), "must not be empty");
+        } else if !names.insert(group.name.as_str()) {
+            report.reject(
+                format!("ldap.groups[{index}].name"),
+                format!(
+                    "group \"{}\" is defined more than once",
+                    crate::size::echo(&group.name)
+                ),
+            );
+        }
+        if group.dn.trim().is_empty() {
+            report.reject(format!("ldap.groups[{index}].dn"), "must not be empty");
+        }
+    }
+    if !ldap.admin_group.is_empty() && !names.contains(ldap.admin_group.as_str()) {
+        report.reject(
+            "ldap.admin_group",
+            format!(
+                "\"{}\" is not the name of a group in ldap.groups",
+                crate::size::echo(&ldap.admin_group)
+            ),
+        );
+    }
+}
+
+/// Accepts `ldap://host[:port]` and `ldaps://host[:port]` (an optional trailing '/').
+/// Returns whether the URL is `ldaps`.
+pub(crate) fn check_ldap_url(url: &str) -> Result<bool, String> {
+    let shown = crate::size::echo(url);
+    let (secure, rest) = if let Some(rest) = url.strip_prefix("ldaps://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("ldap://") {
+        (false, rest)
+    } else {
+        return Err(format!(
+            "expected ldaps://host[:port] or ldap://host[:port], got \"{shown}\""
+        ));
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(':') && !authority.ends_with(']') => (host, Some(port)),
+        _ => (authority, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
+    if !host_ok {
+        return Err(format!(
+            "\"{shown}\" has no valid host name (no path, user or query allowed)"
+        ));
+    }
+    if let Some(port) = port
+        && !port.parse::<u16>().is_ok_and(|port| port > 0)
+    {
+        return Err(format!("\"{shown}\" has an invalid port"));
+    }
+    Ok(secure)
+}
+
+/// A light syntax check of an RFC 4515 filter: parenthesised and balanced, no NUL.
+pub(crate) fn check_ldap_filter(filter: &str) -> Result<(), String> {
+    let filter = filter.trim();
+    if !filter.starts_with('(') || !filter.ends_with(')') {
+        return Err("must be a parenthesised LDAP filter, e.g. \"(objectClass=inetOrgPerson)\"".to_owned());
+    }
+    let mut depth: usize = 0;
+    for (index, c) in filter.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth = depth.checked_sub(1).ok_or("has an unmatched ')'")?;
+                if depth == 0 && index + 1 != filter.len() {
+                    return Err("must be one filter; combine several with (&...)".to_owned());
+                }
+            }
+            '\0' => return Err("must not contain NUL".to_owned()),
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err("has an unmatched '('".to_owned());
+    }
+    Ok(())
+}
+
+/// RFC 4512 attribute descriptions: a name (letters, digits, '-') or an OID, with options after ';'.
+fn is_attribute_name(name: &str) -> bool {
+    name.len() <= 128
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ';'))
+}
+
 fn check_payload_size(path: &str, size: ByteSize, config: &Config, report: &mut Report) {
     if size.bytes() == 0 {
         report.reject(path, "must be greater than 0");
@@ -261,6 +473,42 @@ fn check_payload_size(path: &str, size: ByteSize, config: &Config, report: &mut 
         report.warn(
             path,
             "is larger than c2s.max_stanza_size, so the extra room can never be used",
+        );
+    }
+}
+
+fn check_archive(config: &Config, report: &mut Report) {
+    let archive = &config.archive;
+    if archive.checkpoint_every == 0 {
+        report.reject("archive.checkpoint_every", "must be greater than 0");
+    }
+    for (table, overrides) in [
+        ("archive.retention_departments", &archive.retention_departments),
+        ("archive.retention_groups", &archive.retention_groups),
+    ] {
+        for name in overrides.keys() {
+            if name.trim().is_empty() || name.chars().any(char::is_control) {
+                report.reject(table, format!("{name:?} is not a usable name"));
+            }
+        }
+    }
+    let short = std::time::Duration::from_secs(86_400);
+    for (path, retention) in std::iter::once(("archive.retention".to_owned(), archive.retention)).chain(
+        archive
+            .retention_departments
+            .iter()
+            .chain(&archive.retention_groups)
+            .map(|(name, retention)| (format!("archive retention for {name:?}"), *retention)),
+    ) {
+        if !retention.is_zero() && retention.get() < short {
+            report.warn(path, "is shorter than a day: messages are deleted almost at once");
+        }
+    }
+    if !archive.purge_interval.is_zero() && archive.purge_interval.get() < std::time::Duration::from_secs(60)
+    {
+        report.warn(
+            "archive.purge_interval",
+            "purging more often than every minute wastes work",
         );
     }
 }
@@ -506,6 +754,136 @@ mod tests {
         let quiet = warnings("");
         assert!(!quiet.contains(&"admin_http.listen".to_owned()));
         assert!(!quiet.contains(&"storage.backend".to_owned()));
+    }
+
+    /// A valid LDAP configuration with `extra` lines added to `[ldap]`.
+    fn ldap_ok(extra: &str) -> String {
+        format!(
+            "[directory]\nbackend = \"ldap\"\n[ldap]\nservers = [\"ldaps://ldap.example.com\", \
+             \"ldap://127.0.0.1:3389/\"]\nbind_dn = \"cn=parley,dc=example,dc=com\"\n\
+             bind_password = \"file:/etc/hostname\"\nbase_dn = \"dc=example,dc=com\"\n{extra}\n\
+             [[ldap.groups]]\nname = \"Staff\"\ndn = \"cn=staff,dc=example,dc=com\"\n\
+             member_attribute = \"uniqueMember\"\n"
+        )
+    }
+
+    #[test]
+    fn ldap_section_reads_and_validates() {
+        let loaded = Config::from_toml_str(&ldap_ok("admin_group = \"Staff\""))
+            .unwrap_or_else(|errors| panic!("{errors}"));
+        let ldap = &loaded.config.ldap;
+        assert_eq!(loaded.config.directory.backend, DirectoryBackend::Ldap);
+        assert_eq!(ldap.servers.len(), 2);
+        assert_eq!(
+            ldap.groups[0].member_attribute,
+            crate::LdapMemberAttribute::UniqueMember
+        );
+        assert_eq!(ldap.bind_password.as_ref().map(|s| s.is_literal()), Some(false));
+        assert!(
+            loaded.warnings.iter().all(|w| !w.path.starts_with("ldap")),
+            "{:?}",
+            loaded.warnings
+        );
+    }
+
+    #[test]
+    fn ldap_required_fields_and_bad_values_rejected() {
+        let errors = rejected(
+            "[directory]\nbackend = \"ldap\"\n[ldap]\nservers = [\"http://x\", \"ldaps://a b\", \
+             \"ldap://h:0\"]\nbind_dn = \"cn=x\"\nuser_filter = \"objectClass=*\"\npoll_interval = \"0s\"\n\
+             localpart_attribute = \"\"\ntitle_attribute = \"ti tle\"\nadmin_group = \"nope\"\n\
+             search_connections = 100\n",
+        );
+        for expected in [
+            "ldap.servers[0]: expected ldaps://host[:port] or ldap://host[:port], got \"http://x\"",
+            "ldap.servers[1]: \"ldaps://a b\" has no valid host name (no path, user or query allowed)",
+            "ldap.servers[2]: \"ldap://h:0\" has an invalid port",
+            "ldap.bind_password: ldap.bind_dn is set, so bind_password must be too",
+            "ldap.poll_interval: must be greater than 0",
+            "ldap.base_dn: must not be empty, e.g. \"ou=people,dc=example,dc=com\"",
+            "ldap.localpart_attribute: must not be empty, e.g. \"uid\"",
+            "ldap.title_attribute: \"ti tle\" is not an LDAP attribute name",
+            "ldap.admin_group: \"nope\" is not the name of a group in ldap.groups",
+            "ldap.search_connections: must be at most 16",
+        ] {
+            assert!(
+                errors.iter().any(|e| e == expected),
+                "missing {expected:?} in {errors:#?}"
+            );
+        }
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("ldap.user_filter: must be a parenthesised"))
+        );
+        assert_eq!(
+            rejected("[directory]\nbackend = \"ldap\"\n").len(),
+            2,
+            "servers and base_dn"
+        );
+    }
+
+    /// The LDAP example files load (their secret reference swapped for a literal, since the
+    /// referenced file or variable does not exist here).
+    #[test]
+    fn ldap_example_files_are_valid() {
+        for name in ["ldap-openldap.example.toml", "ldap-active-directory.example.toml"] {
+            let path = format!("{}/../../config/{name}", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&path).unwrap();
+            let text: String = text
+                .lines()
+                .map(|line| {
+                    if line.starts_with("bind_password") {
+                        "bind_password = \"example\"".to_owned()
+                    } else {
+                        line.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            let loaded = Config::from_toml_str(&text).unwrap_or_else(|errors| panic!("{name}: {errors}"));
+            assert_eq!(loaded.config.directory.backend, DirectoryBackend::Ldap, "{name}");
+            assert!(loaded.config.ldap.groups.len() >= 2, "{name}");
+        }
+    }
+
+    #[test]
+    fn ldap_filter_syntax() {
+        assert_eq!(check_ldap_filter("(&(uid=a)(!(x=*)))"), Ok(()));
+        for bad in ["", "uid=a", "(uid=a", "(uid=a))", "(a=1)(b=2)", "(a=\0)"] {
+            assert!(check_ldap_filter(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn ldap_urls() {
+        assert_eq!(check_ldap_url("ldaps://ldap.example.com"), Ok(true));
+        assert_eq!(check_ldap_url("ldap://127.0.0.1:389/"), Ok(false));
+        assert_eq!(check_ldap_url("ldap://[::1]:389"), Ok(false));
+        for bad in [
+            "ldaps://",
+            "ldap://h:99999",
+            "ldap://u@h",
+            "ldap://h/dc=x",
+            "h:389",
+        ] {
+            assert!(check_ldap_url(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn ldap_risky_settings_warn() {
+        let found = warnings(&ldap_ok("starttls = false\ntls_verify = false"));
+        assert!(found.contains(&"ldap.servers[1]".to_owned()), "{found:?}");
+        assert!(found.contains(&"ldap.tls_verify".to_owned()), "{found:?}");
+        assert!(
+            !found.contains(&"ldap.servers[0]".to_owned()),
+            "ldaps needs no StartTLS"
+        );
+        let ignored = warnings("[ldap]\nbase_dn = \"dc=x\"\n");
+        assert!(ignored.contains(&"ldap".to_owned()), "{ignored:?}");
+        let literal = warnings(&ldap_ok("").replace("file:/etc/hostname", "hunter2"));
+        assert!(literal.contains(&"ldap.bind_password".to_owned()), "{literal:?}");
     }
 
     #[test]

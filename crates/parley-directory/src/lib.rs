@@ -2,18 +2,22 @@
 //!
 //! Owns the [`Directory`] trait (authentication, SCRAM credentials, people, groups, a change feed), the
 //! PRECIS normalisation of localparts and passwords, [`ScramCredentials`], and [`StaticDirectory`], the
-//! embedded default backed by one TOML file with argon2id hashes and SCRAM keys.
+//! embedded default backed by one TOML file with argon2id hashes and SCRAM keys, and [`LdapDirectory`],
+//! the corporate directory over LDAP (search-then-bind logins, attribute mapping, failover, change feed).
 //!
-//! It must not touch sockets, XMPP streams or the storage crate, and never stores a password or a
-//! salted password: only argon2id PHC strings and SCRAM StoredKey/ServerKey. The SASL protocol itself
+//! It must not touch XMPP streams or the storage crate (LDAP connections are its only sockets), and
+//! never stores or reads a password or a salted password: only argon2id PHC strings and SCRAM
+//! StoredKey/ServerKey (LDAP passwords are checked by a bind, never read). The SASL protocol itself
 //! lives in `parley-c2s`; this crate only answers its questions.
 
+pub mod ldap;
 mod normalize;
 mod scram;
 mod static_dir;
 
 use std::path::PathBuf;
 
+pub use ldap::{DirectoryUser, LdapDirectory, MappingProblem, Snapshot};
 pub use normalize::{MAX_LOCALPART_BYTES, MAX_PASSWORD_BYTES, normalize_localpart, normalize_password};
 pub use scram::{ScramCredentials, ScramHash, constant_time_eq};
 pub use static_dir::{

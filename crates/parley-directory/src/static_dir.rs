@@ -191,33 +191,84 @@ impl StaticDirectory {
         password: &str,
         details: PersonDetails,
     ) -> Result<Person, DirectoryError> {
-        let localpart = normalize_localpart(localpart)?;
-        let password = normalize_password(password)?;
+        let mut added = self
+            .add_users(vec![(localpart.to_owned(), password.to_owned(), details)])
+            .await?;
+        added
+            .pop()
+            .ok_or_else(|| DirectoryError::Internal("no account was added".into()))
+    }
+
+    /// Create many accounts with one write of the file (a bulk import): all are added, or none
+    /// if any localpart is invalid or taken. Hashing runs on the blocking pool, in parallel.
+    pub async fn add_users(
+        &self,
+        users: Vec<(String, String, PersonDetails)>,
+    ) -> Result<Vec<Person>, DirectoryError> {
+        let mut normalized = Vec::with_capacity(users.len());
+        for (localpart, password, details) in users {
+            normalized.push((
+                normalize_localpart(&localpart)?,
+                normalize_password(&password)?,
+                details,
+            ));
+        }
         let _writer = self.inner.reload_lock.lock().await;
         let mut accounts = (*self.reload_locked().await?).clone();
-        if accounts.contains_key(&localpart) {
-            return Err(DirectoryError::UserExists(localpart));
+        let mut seen = std::collections::HashSet::new();
+        for (localpart, _, _) in &normalized {
+            if accounts.contains_key(localpart) || !seen.insert(localpart.clone()) {
+                return Err(DirectoryError::UserExists(localpart.clone()));
+            }
         }
-        let secrets = run_blocking(move || derive_secrets(&password)).await??;
-        let person = Person {
-            localpart: localpart.clone(),
-            display_name: details.display_name,
-            email: details.email,
-            department: details.department,
-            title: details.title,
-            phone: details.phone,
-            groups: details.groups,
-            admin: details.admin,
-        };
-        let account = Account {
-            person: person.clone(),
-            password_argon2id: Some(secrets.argon2id),
-            scram_sha1: Some(secrets.scram_sha1),
-            scram_sha256: Some(secrets.scram_sha256),
-        };
-        accounts.insert(localpart, account);
+        // Hash a few at a time: each argon2id derivation holds ~19 MiB while it runs.
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let passwords: Vec<String> = normalized
+            .iter()
+            .map(|(_, password, _)| password.clone())
+            .collect();
+        let mut hashing = Vec::with_capacity(passwords.len());
+        for chunk in passwords.chunks(parallel) {
+            let running: Vec<_> = chunk
+                .iter()
+                .map(|password| {
+                    let password = password.clone();
+                    tokio::task::spawn_blocking(move || derive_secrets(&password))
+                })
+                .collect();
+            for task in running {
+                hashing.push(
+                    task.await
+                        .map_err(|err| DirectoryError::Internal(format!("blocking task failed: {err}")))?,
+                );
+            }
+        }
+        let mut people = Vec::with_capacity(normalized.len());
+        for ((localpart, _, details), secrets) in normalized.into_iter().zip(hashing) {
+            let secrets = secrets?;
+            let person = Person {
+                localpart: localpart.clone(),
+                display_name: details.display_name,
+                email: details.email,
+                department: details.department,
+                title: details.title,
+                phone: details.phone,
+                groups: details.groups,
+                admin: details.admin,
+            };
+            accounts.insert(
+                localpart,
+                Account {
+                    person: person.clone(),
+                    password_argon2id: Some(secrets.argon2id),
+                    scram_sha1: Some(secrets.scram_sha1),
+                    scram_sha256: Some(secrets.scram_sha256),
+                },
+            );
+            people.push(person);
+        }
         self.commit_locked(accounts).await?;
-        Ok(person)
+        Ok(people)
     }
 
     /// Replace an account's password (argon2id hash and both SCRAM credentials, with fresh salts).

@@ -65,6 +65,9 @@ pub struct StreamHeader {
     /// `xml:lang`.
     pub lang: Option<String>,
     pub id: Option<String>,
+    /// The default namespace the header declares (`xmlns='jabber:client'` for a client stream):
+    /// the stream's content namespace, RFC 6120 §4.8.2.
+    pub content_namespace: Option<String>,
 }
 
 /// One unit read from the stream.
@@ -110,6 +113,33 @@ pub struct StreamReader {
     document_started: bool,
     /// Set on the first error; the reader then keeps returning it.
     failure: Option<StreamError>,
+    /// Until the header's start tag is complete: a raw (namespace-unaware) view of the same bytes,
+    /// because the resolving parser consumes `xmlns` declarations and never reports them.
+    header_scan: Option<Box<HeaderScan>>,
+}
+
+/// Finds the default namespace declared on the root element.
+#[derive(Debug, Default)]
+struct HeaderScan {
+    parser: rxml::RawParser,
+    default_namespace: Option<String>,
+    done: bool,
+}
+
+impl HeaderScan {
+    fn scan(&mut self, mut bytes: &[u8]) {
+        while !self.done {
+            match self.parser.parse(&mut bytes, false) {
+                Ok(Some(rxml::RawEvent::Attribute(_, (None, name), value))) if name.as_str() == "xmlns" => {
+                    self.default_namespace = Some(value);
+                }
+                Ok(Some(rxml::RawEvent::ElementHeadClose(_))) => self.done = true,
+                Ok(Some(_)) => {}
+                // Errors are the resolving parser's to report.
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
 }
 
 fn policy(text: String) -> StreamError {
@@ -134,6 +164,10 @@ fn map_xml_error(error: rxml::Error, limits: &Limits) -> StreamError {
     match error {
         rxml::Error::RestrictedXml("only utf-8 encoding is allowed") => {
             StreamError::with_text(C::UnsupportedEncoding, "only UTF-8 is supported")
+        }
+        // RFC 6120 §4.9.3.22: violating the rules of UTF-8 is an unsupported encoding too.
+        rxml::Error::InvalidUtf8Byte(byte) => {
+            StreamError::with_text(C::UnsupportedEncoding, format!("invalid UTF-8 byte 0x{byte:02x}"))
         }
         rxml::Error::RestrictedXml("long name or reference" | "event too long") => policy(format!(
             "a name or attribute value is longer than {} bytes",
@@ -189,6 +223,7 @@ fn header_from(
         version: plain("version"),
         lang: attrs.get(Namespace::xml(), "lang").cloned(),
         id: plain("id"),
+        content_namespace: None,
     })
 }
 
@@ -205,6 +240,7 @@ impl StreamReader {
             between_elements: true,
             document_started: false,
             failure: None,
+            header_scan: Some(Box::default()),
         }
     }
 
@@ -262,6 +298,7 @@ impl StreamReader {
         }
         self.parser = new_parser(&self.limits);
         self.phase = Phase::AwaitingHeader;
+        self.header_scan = Some(Box::default());
         self.open = Vec::new();
         self.unit_bytes = 0;
         self.between_elements = true;
@@ -313,6 +350,9 @@ impl StreamReader {
             let offered = input.len();
             let result = self.parser.parse(&mut input, false);
             let used = offered - input.len();
+            if let Some(scan) = self.header_scan.as_mut() {
+                scan.scan(&self.buffer[self.consumed..self.consumed + used]);
+            }
             self.consumed += used;
             self.unit_bytes = self.unit_bytes.saturating_add(used);
             if self.unit_bytes > self.limits.max_stanza_bytes {
@@ -380,7 +420,8 @@ impl StreamReader {
                     )));
                 }
                 if self.phase == Phase::AwaitingHeader {
-                    let header = header_from(&name, &namespace, &attrs)?;
+                    let mut header = header_from(&name, &namespace, &attrs)?;
+                    header.content_namespace = self.header_scan.take().and_then(|scan| scan.default_namespace);
                     self.phase = Phase::InStream;
                     self.unit_bytes = 0;
                     self.between_elements = true;
@@ -508,6 +549,7 @@ mod tests {
                 version: Some("1.0".into()),
                 lang: Some("en".into()),
                 id: None,
+                content_namespace: Some(ns::CLIENT.into()),
             })
         );
         let message = element(&events[1]);
@@ -560,6 +602,7 @@ mod tests {
                 version: Some("1.0".into()),
                 lang: Some("de-CH".into()),
                 id: Some("xyz".into()),
+                content_namespace: Some(ns::CLIENT.into()),
             })]
         );
     }
@@ -713,10 +756,27 @@ mod tests {
     }
 
     #[test]
-    fn bad_utf8_is_not_well_formed() {
+    fn the_header_reports_its_declared_content_namespace_however_it_is_split() {
+        let input = "<?xml version='1.0'?><stream:stream xmlns='urn:example:bogus' \
+                     xmlns:stream='http://etherx.jabber.org/streams' to='b.c' version='1.0'>";
+        for split in 0..input.len() {
+            let mut reader = StreamReader::new(Limits::default());
+            reader.feed(&input.as_bytes()[..split]).unwrap();
+            let mut header = reader.next_event().unwrap();
+            reader.feed(&input.as_bytes()[split..]).unwrap();
+            if header.is_none() {
+                header = reader.next_event().unwrap();
+            }
+            let Some(StreamEvent::Header(header)) = header else { panic!("no header at split {split}") };
+            assert_eq!(header.content_namespace.as_deref(), Some("urn:example:bogus"), "split {split}");
+        }
+    }
+
+    #[test]
+    fn bad_utf8_is_an_unsupported_encoding() {
         let mut input = HEADER.as_bytes().to_vec();
         input.extend_from_slice(b"<message><body>\xff</body></message>");
-        assert_eq!(condition(events(&input)), C::NotWellFormed);
+        assert_eq!(condition(events(&input)), C::UnsupportedEncoding);
     }
 
     #[test]

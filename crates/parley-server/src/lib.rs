@@ -8,16 +8,18 @@
 //! Must not touch: protocol logic. Everything XMPP happens in the crates it wires together.
 
 pub mod certs;
+pub mod directory_check;
 
 use anyhow::Context;
 use async_trait::async_trait;
 use parley_c2s::sasl::Mechanism;
 use parley_c2s::{C2sContext, C2sSettings, ListenerMode, TlsSettings};
 use parley_config::{Config, DirectoryBackend, StorageBackend};
-use parley_directory::{Directory, DirectoryChange, StaticDirectory};
+use parley_directory::{Directory, DirectoryChange, LdapDirectory, StaticDirectory};
 use parley_proto::reader::Limits;
 use parley_proto::{BareJid, StreamError, StreamErrorCondition};
 use parley_router::{Accounts, Event, Router};
+use parley_archive::{ArchiveOptions, ComplianceArchive, SystemClock};
 use parley_storage::{MemoryStore, RedbStore, Store};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +50,8 @@ pub struct RunningServer {
     pub direct_tls_addrs: Vec<SocketAddr>,
     pub cert_fingerprint: String,
     pub tls: Arc<TlsSettings>,
+    /// The compliance archive every message is recorded in.
+    pub archive: Arc<ComplianceArchive>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -115,7 +119,22 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
                     .with_context(|| format!("opening the user file {}", path.display()))?,
             )
         }
+        DirectoryBackend::Ldap => Arc::new(
+            LdapDirectory::start(&config.ldap)
+                .await
+                .context("setting up the LDAP directory")?,
+        ),
     };
+
+    let archive = ComplianceArchive::open(
+        store.clone(),
+        Some(directory.clone()),
+        domain.clone(),
+        ArchiveOptions::from_config(&config.archive),
+        Arc::new(SystemClock),
+    )
+    .await
+    .context("opening the compliance archive")?;
 
     let certificate = match (&config.tls.cert, &config.tls.key) {
         (Some(cert), Some(key)) => certs::CertificatePaths {
@@ -132,7 +151,8 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     }
 
     let router = modules::wire(
-        Router::builder(domain.clone(), Arc::new(DirectoryAccounts(directory.clone()))),
+        Router::builder(domain.clone(), Arc::new(DirectoryAccounts(directory.clone())))
+            .compliance(Arc::new(archive.stage())),
         config,
         &store,
         &directory,
@@ -202,6 +222,10 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     if !reload_every.is_zero() {
         tasks.spawn(reload_tls(tls.clone(), reload_every, shutdown.clone()));
     }
+    let purge_every: Duration = config.archive.purge_interval.into();
+    if !purge_every.is_zero() {
+        tasks.spawn(purge_archive(archive.clone(), purge_every, shutdown.clone()));
+    }
     let flush_store = store.clone();
     let store_shutdown = shutdown.clone();
     tasks.spawn(async move {
@@ -217,9 +241,23 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         direct_tls_addrs,
         cert_fingerprint,
         tls,
+        archive,
         shutdown,
         tasks,
     })
+}
+
+/// Deletes expired archive records every `every` (the first run after one period).
+async fn purge_archive(archive: Arc<ComplianceArchive>, every: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        if let Err(error) = archive.purge("retention", false).await {
+            tracing::error!(%error, "the archive purge failed");
+        }
+    }
 }
 
 /// Ends the live sessions of accounts the directory removes or disables.

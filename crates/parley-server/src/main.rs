@@ -1,5 +1,7 @@
 //! The `parley` command: run the server, check a configuration, manage local accounts.
 
+mod archive_cli;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use parley_config::{Config, LogFormat};
@@ -31,6 +33,28 @@ enum Command {
         #[command(subcommand)]
         action: UserCommand,
     },
+    /// The compliance archive: verify, search, export, purge, legal holds, access log. Run
+    /// these while the server is stopped (they open the store file).
+    Archive {
+        #[command(subcommand)]
+        action: archive_cli::ArchiveCommand,
+    },
+    /// Inspect the configured directory.
+    Directory {
+        #[command(subcommand)]
+        action: DirectoryCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DirectoryCommand {
+    /// Connect with the configured settings and print the users and groups the filters match,
+    /// the entries that get no account (unmappable or colliding), and optionally one user.
+    Check {
+        /// Also print this user's entry and mapped details.
+        #[arg(long)]
+        user: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -52,6 +76,9 @@ enum UserCommand {
         #[arg(long)]
         admin: bool,
     },
+    /// Create many accounts at once from a file of `localpart password` lines (`-` for standard
+    /// input); all are added, or none if one is invalid or exists already.
+    Import { file: PathBuf },
     /// Set a new password (PARLEY_PASSWORD or standard input).
     Passwd { localpart: String },
     /// Delete an account; its live sessions end within a second.
@@ -154,6 +181,26 @@ async fn user(config: &Config, action: UserCommand) -> anyhow::Result<()> {
             let person = directory.add_user(&localpart, &password, details).await?;
             println!("added {}@{}", person.localpart, config.server.domain);
         }
+        UserCommand::Import { file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading accounts from standard input")?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            let mut users = Vec::new();
+            for (number, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let Some((localpart, password)) = line.split_once(char::is_whitespace) else {
+                    anyhow::bail!("line {}: expected `localpart password`", number + 1);
+                };
+                users.push((localpart.to_owned(), password.trim().to_owned(), PersonDetails::default()));
+            }
+            let added = directory.add_users(users).await?;
+            println!("added {} accounts", added.len());
+        }
         UserCommand::Passwd { localpart } => {
             let password = read_password()?;
             directory.set_password(&localpart, &password).await?;
@@ -205,6 +252,13 @@ async fn main() -> std::process::ExitCode {
                     serve(config).await
                 }
                 Command::User { action } => user(&config, action).await,
+                Command::Archive { action } => archive_cli::run(&config, action).await,
+                Command::Directory {
+                    action: DirectoryCommand::Check { user },
+                } => {
+                    let mut stdout = std::io::stdout();
+                    parley_server::directory_check::run(&config, user.as_deref(), &mut stdout).await
+                }
                 Command::CheckConfig => unreachable!("handled above"),
             },
         },

@@ -142,11 +142,17 @@ impl RawClient {
             "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>"
         ))
         .await;
-        let answer = self.expect("</").await;
-        if answer.contains("<success") {
-            return answer;
+        // `<success/>` may be self-closing or carry additional data; `<failure>` has a child.
+        let mut answer = self.expect("xmlns='urn:ietf:params:xml:ns:xmpp-sasl'").await;
+        loop {
+            answer += &self.expect(">").await;
+            if answer.ends_with("/>") && answer.matches('<').count() == 1
+                || answer.contains("</success>")
+                || answer.contains("</failure>")
+            {
+                return answer;
+            }
         }
-        answer + &self.expect(">").await
     }
 
     /// STARTTLS, PLAIN, stream restart and bind; returns the bound full JID.

@@ -1,0 +1,229 @@
+//! [`ArchiveStage`]: the router's fixed compliance stage.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use minidom::Node;
+use parley_proto::{BareJid, Element, Jid, Stanza};
+use parley_router::{ComplianceError, ComplianceStage};
+use parley_storage::{Archive, NewRecord, Space};
+
+use crate::chain::ChainWriter;
+use crate::clock::Clock;
+use crate::entry::{Body, MessageRecord};
+
+/// XEP-0359 unique and stable stanza IDs.
+pub const NS_SID: &str = "urn:xmpp:sid:0";
+
+/// Records every message the router accepts: one chain entry (durable before `record` returns),
+/// the sender's and the local recipient's MAM copies in `Space::Mam`, and the recipient's
+/// XEP-0359 `<stanza-id/>` on the stanza.
+///
+/// `Space::Mam` records: owner = the user's bare JID, `with` = the other party's bare JID,
+/// payload = the stanza's XML as accepted (with its `jabber:client` namespace), id = the
+/// archive id, which is also the `id` of the `<stanza-id/>` stamped for the recipient.
+pub struct ArchiveStage {
+    domain: BareJid,
+    chain: ChainWriter,
+    mam: Arc<dyn Archive>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for ArchiveStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchiveStage")
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ArchiveStage {
+    pub fn new(domain: BareJid, chain: ChainWriter, mam: Arc<dyn Archive>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            domain,
+            chain,
+            mam,
+            clock,
+        }
+    }
+
+    /// The bare JID of `jid` when it is an account of this server (a localpart at our domain).
+    fn local_account(&self, jid: Option<&Jid>) -> Option<BareJid> {
+        let jid = jid?;
+        (jid.node().is_some() && jid.domain() == self.domain.domain()).then(|| jid.to_bare())
+    }
+
+    async fn mam_copy(
+        &self,
+        owner: Option<&BareJid>,
+        with: &str,
+        ts: i64,
+        payload: &[u8],
+    ) -> Result<Option<u64>, parley_storage::StorageError> {
+        let Some(owner) = owner else {
+            return Ok(None);
+        };
+        let record = NewRecord {
+            timestamp_micros: ts,
+            with: with.to_owned(),
+            payload: payload.to_vec(),
+        };
+        self.mam
+            .append(Space::Mam, owner.as_str(), record)
+            .await
+            .map(Some)
+    }
+}
+
+#[async_trait]
+impl ComplianceStage for ArchiveStage {
+    async fn record(&self, stanza: &mut Stanza) -> Result<(), ComplianceError> {
+        strip_local_stanza_ids(stanza.element_mut(), &self.domain);
+        let record = message_record(stanza);
+        let sender = self.local_account(stanza.from());
+        let recipient = self
+            .local_account(stanza.to())
+            .filter(|recipient| Some(recipient) != sender.as_ref());
+        let from_bare = stanza
+            .from()
+            .map(|jid| jid.to_bare().to_string())
+            .unwrap_or_default();
+        let to_bare = stanza
+            .to()
+            .map(|jid| jid.to_bare().to_string())
+            .unwrap_or_default();
+        let payload = record.stanza.clone().into_bytes();
+        let ts = self.clock.now_micros();
+
+        let (chained, sender_copy, recipient_copy) = tokio::join!(
+            self.chain.append(Body::Message(record)),
+            self.mam_copy(sender.as_ref(), &to_bare, ts, &payload),
+            self.mam_copy(recipient.as_ref(), &from_bare, ts, &payload),
+        );
+        chained.map_err(|error| ComplianceError(error.to_string()))?;
+        sender_copy.map_err(|error| ComplianceError(format!("the sender's MAM copy: {error}")))?;
+        let recipient_id =
+            recipient_copy.map_err(|error| ComplianceError(format!("the recipient's MAM copy: {error}")))?;
+        if let (Some(recipient), Some(id)) = (recipient, recipient_id) {
+            let stamp = Element::builder("stanza-id", NS_SID)
+                .attr(parley_proto::stanza::attr_name("id"), id.to_string())
+                .attr(parley_proto::stanza::attr_name("by"), recipient.as_str())
+                .build();
+            stanza.element_mut().append_child(stamp);
+        }
+        Ok(())
+    }
+}
+
+/// XEP-0359 §3.1: a `<stanza-id/>` claiming to come from this server (its `by` is the domain or
+/// one of its accounts) can only be forged by the client, so it is removed before anything else.
+pub fn strip_local_stanza_ids(element: &mut Element, domain: &BareJid) {
+    let forged = |child: &Element| {
+        child.is("stanza-id", NS_SID)
+            && child
+                .attr("by")
+                .and_then(|by| BareJid::new(by).ok())
+                .is_none_or(|by| by.domain() == domain.domain())
+    };
+    if !element.children().any(forged) {
+        return;
+    }
+    for node in element.take_nodes() {
+        match node {
+            Node::Element(child) if forged(&child) => {}
+            other => element.append_node(other),
+        }
+    }
+}
+
+/// The searchable fields of a message stanza plus its serialised XML.
+pub fn message_record(stanza: &Stanza) -> MessageRecord {
+    let element = stanza.element();
+    let child_text = |name: &str| {
+        element
+            .children()
+            .find(|child| child.name() == name && child.has_ns(parley_proto::ns::CLIENT))
+            .map(Element::text)
+    };
+    let mut xml = Vec::new();
+    if element.write_to(&mut xml).is_err() {
+        xml.clear();
+        parley_proto::writer::write_element(element, &mut xml);
+    }
+    MessageRecord {
+        from: stanza.from().map(ToString::to_string).unwrap_or_default(),
+        to: stanza.to().map(ToString::to_string).unwrap_or_default(),
+        id: stanza.id().map(str::to_owned),
+        message_type: stanza.stanza_type().map(str::to_owned),
+        thread: child_text("thread"),
+        subject: child_text("subject"),
+        body: child_text("body"),
+        stanza: String::from_utf8_lossy(&xml).into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stanza(xml: &str) -> Stanza {
+        Stanza::from_element(xml.parse::<Element>().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn forged_local_stanza_ids_are_stripped_and_foreign_ones_kept() {
+        let domain = BareJid::new("example.com").unwrap();
+        let mut message = stanza(
+            "<message xmlns='jabber:client' to='bob@example.com'>\
+               <stanza-id xmlns='urn:xmpp:sid:0' by='bob@example.com' id='forged1'/>\
+               <body>hi</body>\
+               <stanza-id xmlns='urn:xmpp:sid:0' by='example.com' id='forged2'/>\
+               <stanza-id xmlns='urn:xmpp:sid:0' id='no-by'/>\
+               <stanza-id xmlns='urn:xmpp:sid:0' by='room@muc.other.org' id='kept'/>\
+             </message>",
+        );
+        strip_local_stanza_ids(message.element_mut(), &domain);
+        let ids: Vec<&str> = message
+            .element()
+            .children()
+            .filter(|child| child.is("stanza-id", NS_SID))
+            .filter_map(|child| child.attr("id"))
+            .collect();
+        assert_eq!(ids, ["kept"]);
+        assert_eq!(
+            message
+                .element()
+                .get_child("body", "jabber:client")
+                .unwrap()
+                .text(),
+            "hi"
+        );
+    }
+
+    #[test]
+    fn message_record_reads_the_searchable_fields() {
+        let message = stanza(
+            "<message xmlns='jabber:client' from='alice@example.com/a' to='bob@example.com' \
+             id='m1' type='chat'><thread>t1</thread><subject>S</subject><body>Hello</body></message>",
+        );
+        let record = message_record(&message);
+        assert_eq!(record.from, "alice@example.com/a");
+        assert_eq!(record.to, "bob@example.com");
+        assert_eq!(record.id.as_deref(), Some("m1"));
+        assert_eq!(record.message_type.as_deref(), Some("chat"));
+        assert_eq!(record.thread.as_deref(), Some("t1"));
+        assert_eq!(record.subject.as_deref(), Some("S"));
+        assert_eq!(record.body.as_deref(), Some("Hello"));
+        assert!(record.stanza.contains("jabber:client"), "{}", record.stanza);
+        let reparsed: Element = record.stanza.parse().unwrap();
+        assert_eq!(reparsed.attr("id"), Some("m1"));
+    }
+
+    #[test]
+    fn message_without_body_has_no_text_fields() {
+        let record = message_record(&stanza("<message xmlns='jabber:client' to='bob@example.com'/>"));
+        assert_eq!(record.body, None);
+        assert_eq!(record.thread, None);
+        assert_eq!(record.message_type, None);
+    }
+}

@@ -1,0 +1,393 @@
+//! The compliance archive end to end: what real clients send is archived, stamped with a
+//! XEP-0359 stanza-id, survives a SIGKILL of the server process, and verifies as intact.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use parley_directory::{PersonDetails, StaticDirectory};
+use tokio_xmpp::connect::StartTlsServerConnector;
+use tokio_xmpp::jid::{FullJid, Jid};
+use tokio_xmpp::parsers::message::{Message, MessageType};
+use tokio_xmpp::xmlstream::Timeouts;
+use tokio_xmpp::{Client, Event, Stanza};
+
+use crate::client::harness::{
+    EVENT_TIMEOUT, XmppClient, addr_config, bare, shared_ca, start_server, trust_shared_ca,
+};
+
+const SID: &str = "urn:xmpp:sid:0";
+
+fn chat(to: &str, body: &str) -> Message {
+    Message::chat(Some(Jid::from(bare(to)))).with_body(Default::default(), body.to_owned())
+}
+
+fn body_of(message: &Message) -> Option<String> {
+    message.get_best_body_cloned(vec![]).map(|(_, body)| body)
+}
+
+/// The `(by, id)` of every XEP-0359 stanza-id on a delivered message.
+fn stanza_ids(message: &Message) -> Vec<(String, String)> {
+    message
+        .payloads
+        .iter()
+        .filter(|payload| payload.is("stanza-id", SID))
+        .map(|payload| {
+            (
+                payload.attr("by").unwrap_or_default().to_owned(),
+                payload.attr("id").unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chats_are_archived_and_stamped_with_the_recipients_stanza_id() {
+    let mut server = start_server(|_| {}).await;
+    let mut alice = XmppClient::login(&server, "alice", "alice-secret", "phone").await;
+    let mut bob = XmppClient::login(&server, "bob", "bob-secret", "laptop").await;
+
+    // A client-supplied stanza-id claiming to be bob's archive is a forgery and is replaced.
+    let mut first = chat("bob@localhost", "archived hello");
+    first.payloads.push(
+        format!("<stanza-id xmlns='{SID}' by='bob@localhost' id='forged-by-alice'/>")
+            .parse()
+            .unwrap(),
+    );
+    alice.send(first).await;
+    alice.send(chat("bob@localhost", "second, with ünïcode")).await;
+    let one = bob
+        .expect_message("the first chat", |m| {
+            body_of(m).as_deref() == Some("archived hello")
+        })
+        .await;
+    let two = bob
+        .expect_message("the second chat", |m| {
+            body_of(m).as_deref() == Some("second, with ünïcode")
+        })
+        .await;
+    let one_ids = stanza_ids(&one);
+    let two_ids = stanza_ids(&two);
+    assert_eq!(
+        one_ids.len(),
+        1,
+        "exactly one stanza-id, the server's: {one_ids:?}"
+    );
+    assert_eq!(one_ids[0].0, "bob@localhost");
+    assert_ne!(one_ids[0].1, "forged-by-alice");
+    assert_eq!(two_ids[0].0, "bob@localhost");
+    assert_ne!(one_ids[0].1, two_ids[0].1, "stanza ids are unique");
+    assert!(one_ids[0].1.parse::<u64>().unwrap() < two_ids[0].1.parse::<u64>().unwrap());
+
+    let archive = server.server.as_ref().expect("running").archive.clone();
+    let found = archive
+        .search("e2e", &Default::default(), 10)
+        .await
+        .expect("search");
+    assert_eq!(found.total, 2, "{found:?}");
+    assert_eq!(found.hits[0].from, "alice@localhost/phone");
+    assert_eq!(found.hits[0].to, "bob@localhost");
+    assert_eq!(found.hits[0].message_type.as_deref(), Some("chat"));
+    assert_eq!(found.hits[1].body.as_deref(), Some("second, with ünïcode"));
+    let verified = archive.verify().await.expect("verify");
+    assert!(verified.is_intact(), "{verified}");
+    assert_eq!(verified.messages, 2);
+    let log = archive.access_log(10).await.expect("access log");
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].actor, "e2e");
+    alice.logout().await;
+    bob.logout().await;
+    server.stop().await;
+}
+
+/// `target/<profile>/parley`, built for this run (cargo returns at once when it is fresh).
+fn parley_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary lives in target/<profile>/deps");
+    let binary = profile_dir.join("parley");
+    let cargo = option_env!("CARGO").unwrap_or("cargo");
+    let mut build = Command::new(cargo);
+    build.args(["build", "--quiet", "-p", "parley-server", "--bin", "parley"]);
+    if profile_dir.file_name().is_some_and(|name| name == "release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("running cargo build for the parley binary");
+    assert!(status.success(), "building the parley binary failed");
+    assert!(binary.is_file(), "no parley binary at {}", binary.display());
+    binary
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+}
+
+/// A data directory and configuration file for a `parley` child process.
+struct ChildServer {
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    starttls: SocketAddr,
+}
+
+impl ChildServer {
+    async fn prepare(users: &[String]) -> Self {
+        trust_shared_ca();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let directory = StaticDirectory::open(data.join("users.toml")).await.unwrap();
+        for user in users {
+            directory
+                .add_user(user, &format!("{user}-secret"), PersonDetails::default())
+                .await
+                .unwrap();
+        }
+        let ca = shared_ca();
+        let (starttls, direct, admin) = (free_port(), free_port(), free_port());
+        let config = dir.path().join("parley.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\ndomain = \"localhost\"\ndata_dir = {data:?}\n\
+                 [tls]\ncert = {cert:?}\nkey = {key:?}\n\
+                 [c2s]\nstarttls_listen = [\"{starttls}\"]\ndirect_tls_listen = [\"{direct}\"]\n\
+                 [admin_http]\nlisten = \"{admin}\"\n\
+                 [archive]\npurge_interval = \"0\"\n\
+                 [log]\nlevel = \"warn\"\n",
+                cert = ca.cert_path,
+                key = ca.key_path,
+            ),
+        )
+        .unwrap();
+        Self {
+            binary: parley_binary(),
+            dir,
+            config,
+            starttls,
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("--config")
+            .arg(&self.config)
+            .current_dir(self.dir.path());
+        command
+    }
+
+    /// Starts `parley serve` and waits until it accepts connections.
+    async fn serve(&self) -> Child {
+        let mut child = self
+            .command()
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning parley serve");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(self.starttls).await.is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("parley serve exited early: {status}");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "parley serve did not listen in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        child
+    }
+
+    /// Runs `parley archive <args>`; returns (success, stdout).
+    fn archive(&self, args: &[&str]) -> (bool, String) {
+        let output = self
+            .command()
+            .arg("archive")
+            .args(args)
+            .output()
+            .expect("running parley archive");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), format!("{stdout}{stderr}"))
+    }
+
+    /// Every message body in the archive, through `parley archive export --format jsonl`.
+    fn archived_bodies(&self, name: &str) -> Vec<String> {
+        let out = self.dir.path().join(name);
+        let (ok, output) = self.archive(&["export", "--format", "jsonl", "--out", out.to_str().unwrap()]);
+        assert!(ok, "export failed: {output}");
+        let text = std::fs::read_to_string(out.join("messages.jsonl")).unwrap();
+        text.lines()
+            .filter_map(|line| {
+                let start = line.find("\"body\":\"")? + 8;
+                let end = start + line[start..].find('"')?;
+                Some(line[start..end].to_owned())
+            })
+            .collect()
+    }
+}
+
+/// Logs in to a child server; None if it does not get online in time.
+async fn child_login(server: &ChildServer, user: &str) -> Client {
+    let jid = FullJid::new(&format!("{user}@localhost/load")).unwrap();
+    let mut client = Client::new_with_connector(
+        jid.clone(),
+        format!("{user}-secret"),
+        StartTlsServerConnector::from(addr_config(server.starttls)),
+        Timeouts::tight(),
+    );
+    tokio::time::timeout(EVENT_TIMEOUT, async {
+        loop {
+            match client.next().await {
+                Some(Event::Online { .. }) => return,
+                Some(Event::Disconnected(error)) => panic!("{jid}: disconnected before online: {error}"),
+                Some(Event::Stanza(_)) => {}
+                None => panic!("{jid}: the client stopped before going online"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{jid} did not get online"));
+    client
+}
+
+/// Reads messages until the stream breaks, recording every delivered body.
+async fn receive_until_disconnected(mut client: Client, delivered: Arc<Mutex<BTreeSet<String>>>) {
+    while let Some(event) = client.next().await {
+        match event {
+            Event::Stanza(Stanza::Message(message)) if message.type_ != MessageType::Error => {
+                if let Some(body) = body_of(&message) {
+                    delivered.lock().unwrap().insert(body);
+                }
+            }
+            Event::Disconnected(_) => return,
+            _ => {}
+        }
+    }
+}
+
+fn pseudo_random_millis(range: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    u64::from(nanos) % range
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_delivered_message_survives_a_sigkill_and_the_chain_verifies() {
+    const PAIRS: usize = 4;
+    const PER_SENDER: usize = 1500;
+    let users: Vec<String> = (0..PAIRS)
+        .flat_map(|pair| [format!("sender{pair}"), format!("receiver{pair}")])
+        .collect();
+    let server = ChildServer::prepare(&users).await;
+    let mut child = server.serve().await;
+
+    let delivered = Arc::new(Mutex::new(BTreeSet::new()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for pair in 0..PAIRS {
+        let receiver = child_login(&server, &format!("receiver{pair}")).await;
+        let mut sender = child_login(&server, &format!("sender{pair}")).await;
+        tasks.spawn(receive_until_disconnected(receiver, delivered.clone()));
+        tasks.spawn(async move {
+            for n in 0..PER_SENDER {
+                let message = chat(&format!("receiver{pair}@localhost"), &format!("load-{pair}-{n}"));
+                if sender.send_stanza(message.into()).await.is_err() {
+                    return;
+                }
+                if n % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            // Keep the stream open so the receiver's copy is not cut short by our close.
+            while let Some(event) = sender.next().await {
+                if matches!(event, Event::Disconnected(_)) {
+                    return;
+                }
+            }
+        });
+    }
+
+    // Kill at a random moment once the load is under way.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while delivered.lock().unwrap().len() < 100 {
+        assert!(tokio::time::Instant::now() < deadline, "the load never got going");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let delay = pseudo_random_millis(1500);
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    child.kill().expect("SIGKILL the server");
+    child.wait().expect("reaping the server");
+    let seen: BTreeSet<String> = delivered.lock().unwrap().clone();
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    eprintln!(
+        "killed after {delay} ms of load with {} messages delivered",
+        seen.len()
+    );
+
+    let (intact, report) = server.archive(&["verify"]);
+    assert!(
+        intact && report.starts_with("intact"),
+        "verify after SIGKILL: {report}"
+    );
+    let archived: BTreeSet<String> = server.archived_bodies("export-1").into_iter().collect();
+    let missing: Vec<&String> = seen.difference(&archived).collect();
+    assert!(
+        missing.is_empty(),
+        "{} delivered messages are not archived: {missing:?}",
+        missing.len()
+    );
+    assert!(archived.len() >= seen.len());
+
+    // After a restart the chain continues where it stopped.
+    let mut child = server.serve().await;
+    let mut receiver = child_login(&server, "receiver0").await;
+    let mut sender = child_login(&server, "sender0").await;
+    sender
+        .send_stanza(chat("receiver0@localhost", "after-restart").into())
+        .await
+        .unwrap();
+    tokio::time::timeout(EVENT_TIMEOUT, async {
+        while let Some(event) = receiver.next().await {
+            if let Event::Stanza(Stanza::Message(message)) = event
+                && body_of(&message).as_deref() == Some("after-restart")
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the message after the restart is delivered");
+    child.kill().expect("SIGKILL the server again");
+    child.wait().expect("reaping the server");
+    drop((sender, receiver));
+
+    let (intact, report) = server.archive(&["verify"]);
+    assert!(intact, "verify after the restart: {report}");
+    let messages_now: u64 = report
+        .split(" messages")
+        .next()
+        .and_then(|head| head.rsplit('(').next())
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or_else(|| panic!("a message count in {report:?}"));
+    assert_eq!(messages_now as usize, archived.len() + 1, "{report}");
+    let (ok, output) = server.archive(&["search", "--keyword", "AFTER-RESTART"]);
+    assert!(ok && output.starts_with("1 messages"), "{output}");
+    let (ok, log) = server.archive(&["access-log"]);
+    assert!(
+        ok && log.contains("export:jsonl") && log.contains("\tsearch\t"),
+        "{log}"
+    );
+}

@@ -1,0 +1,196 @@
+//! Routing as the sender sees it (RFC 6120 §8, §10 and RFC 6121 §8.5): where stanzas go, the
+//! error that comes back when they can't, and exactly one reply per request.
+
+use super::{QUIET, bound, expect_iq_error, stanza_condition};
+use parley_testkit::{RawClient, TestServer, last_attr};
+
+/// Makes `client` available and waits until the server has processed it: stanzas of one session
+/// are handled in order, so the answer to a later ping means the presence is in effect.
+async fn become_available(client: &mut RawClient) {
+    client.send("<presence/>").await;
+    client
+        .send("<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    client.expect("id='sync'").await;
+    client.drain(QUIET).await;
+}
+
+// RFC 6121 §8.5.3.2.1: a chat message to a full JID with no such resource goes to the bare JID,
+// that is to the account's available resource; the sender gets no error.
+#[tokio::test]
+async fn message_to_offline_full_jid_goes_to_available_resource() {
+    let server = TestServer::start().await;
+    let mut bob = bound(&server, "bob", "phone").await;
+    become_available(&mut bob).await;
+    let mut alice = bound(&server, "alice", "desk").await;
+    alice
+        .send("<message to='bob@localhost/laptop' type='chat' id='m1'><body>where are you?</body></message>")
+        .await;
+    let received = bob.expect("</message>").await;
+    assert!(
+        received.contains("<body>where are you?</body>"),
+        "the body arrives: {received}"
+    );
+    assert_eq!(
+        last_attr(&received, "message", "from").as_deref(),
+        Some("alice@localhost/desk")
+    );
+    alice.expect_silence(QUIET).await;
+}
+
+// RFC 6121 §8.5.1: an IQ to the bare JID of an account that does not exist.
+#[tokio::test]
+async fn iq_to_unknown_account_is_service_unavailable() {
+    let server = TestServer::start().await;
+    let mut alice = bound(&server, "alice", "desk").await;
+    alice
+        .send("<iq type='get' id='q1' to='nobody@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        .await;
+    let reply = expect_iq_error(&mut alice, "q1", "service-unavailable").await;
+    assert_eq!(
+        last_attr(&reply, "iq", "from").as_deref(),
+        Some("nobody@localhost"),
+        "{reply}"
+    );
+}
+
+// RFC 6121 §8.5.1: a message to an account that does not exist is bounced the same way.
+#[tokio::test]
+async fn message_to_unknown_account_is_service_unavailable() {
+    let server = TestServer::start().await;
+    let mut alice = bound(&server, "alice", "desk").await;
+    alice
+        .send("<message to='nobody@localhost' type='chat' id='m2'><body>hello?</body></message>")
+        .await;
+    let reply = alice.expect("</message>").await;
+    assert_eq!(
+        last_attr(&reply, "message", "type").as_deref(),
+        Some("error"),
+        "{reply}"
+    );
+    assert_eq!(
+        last_attr(&reply, "message", "id").as_deref(),
+        Some("m2"),
+        "{reply}"
+    );
+    assert!(
+        reply.contains(&stanza_condition("service-unavailable")),
+        "{reply}"
+    );
+}
+
+// RFC 6121 §8.5.3.1: an IQ to a full JID with no such session.
+#[tokio::test]
+async fn iq_to_offline_full_jid_is_service_unavailable() {
+    let server = TestServer::start().await;
+    let mut alice = bound(&server, "alice", "desk").await;
+    alice
+        .send("<iq type='get' id='q2' to='bob@localhost/nowhere'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    expect_iq_error(&mut alice, "q2", "service-unavailable").await;
+}
+
+// RFC 6120 §8.4: an IQ request the server has no handler for.
+#[tokio::test]
+async fn unknown_iq_payload_to_server_is_service_unavailable() {
+    let server = TestServer::start().await;
+    let mut alice = bound(&server, "alice", "desk").await;
+    alice
+        .send("<iq type='get' id='q3' to='localhost'><frobnicate xmlns='urn:example:frobnicate'/></iq>")
+        .await;
+    let reply = expect_iq_error(&mut alice, "q3", "service-unavailable").await;
+    assert_eq!(
+        last_attr(&reply, "iq", "from").as_deref(),
+        Some("localhost"),
+        "{reply}"
+    );
+    assert_eq!(
+        last_attr(&reply, "iq", "to").as_deref(),
+        Some("alice@localhost/desk"),
+        "{reply}"
+    );
+}
+
+// RFC 6120 §10.4.3 and §8.3.3.15: without federation, a remote domain can't be reached.
+#[tokio::test]
+async fn iq_to_remote_domain_is_remote_server_not_found() {
+    let server = TestServer::start().await;
+    let mut alice = bound(&server, "alice", "desk").await;
+    alice
+        .send("<iq type='get' id='q4' to='someone@example.org'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    expect_iq_error(&mut alice, "q4", "remote-server-not-found").await;
+}
+
+// RFC 6120 §8.3.3.8 and RFC 7622 §3.3: a `to` that is not a valid JID (empty localpart).
+#[tokio::test]
+async fn iq_to_invalid_jid_is_jid_malformed() {
+    let server = TestServer::start().await;
+    let mut alice = bound(&server, "alice", "desk").await;
+    alice
+        .send("<iq type='get' id='q5' to='@localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    expect_iq_error(&mut alice, "q5", "jid-malformed").await;
+    alice.expect_silence(QUIET).await;
+}
+
+// RFC 6120 §8.3.3.8 and RFC 7622 §3.2: a message whose `to` has an empty domainpart.
+#[tokio::test]
+async fn message_to_invalid_jid_is_jid_malformed() {
+    let server = TestServer::start().await;
+    let mut alice = bound(&server, "alice", "desk").await;
+    alice
+        .send("<message to='bob@' type='chat' id='m3'><body>hi</body></message>")
+        .await;
+    let reply = alice.expect("</message>").await;
+    assert_eq!(
+        last_attr(&reply, "message", "type").as_deref(),
+        Some("error"),
+        "{reply}"
+    );
+    assert!(reply.contains(&stanza_condition("jid-malformed")), "{reply}");
+}
+
+// RFC 6120 §8.2.3: every IQ request gets exactly one response, success or error.
+#[tokio::test]
+async fn each_iq_gets_exactly_one_reply() {
+    let server = TestServer::start().await;
+    let mut alice = bound(&server, "alice", "desk").await;
+    let requests = [
+        (
+            "one-a",
+            "<iq type='get' id='one-a' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+        ),
+        (
+            "one-b",
+            "<iq type='get' id='one-b'><query xmlns='jabber:iq:roster'/></iq>",
+        ),
+        (
+            "one-c",
+            "<iq type='get' id='one-c' to='localhost'><frobnicate xmlns='urn:example:frobnicate'/></iq>",
+        ),
+        (
+            "one-d",
+            "<iq type='get' id='one-d' to='nobody@localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
+        ),
+    ];
+    for (_, request) in requests {
+        alice.send(request).await;
+    }
+    // Every reply arrives, then nothing else.
+    let mut received = String::new();
+    for (id, _) in requests {
+        let needle = format!("id='{id}'");
+        if !received.contains(&needle) {
+            received.push_str(&alice.expect(&needle).await);
+        }
+    }
+    received.push_str(&alice.drain(QUIET).await);
+    for (id, _) in requests {
+        assert_eq!(
+            received.matches(&format!("id='{id}'")).count(),
+            1,
+            "replies to {id}: {received}"
+        );
+    }
+}
