@@ -14,16 +14,21 @@ use tokio_xmpp::connect::StartTlsServerConnector;
 use tokio_xmpp::jid::{FullJid, Jid};
 use tokio_xmpp::parsers::message::{Message, MessageType};
 use tokio_xmpp::xmlstream::Timeouts;
-use tokio_xmpp::{Client, Event, Stanza};
+use tokio_xmpp::{Client, Event, IqRequest, Stanza};
 
 use crate::client::harness::{
-    EVENT_TIMEOUT, XmppClient, addr_config, bare, shared_ca, start_server, trust_shared_ca,
+    EVENT_TIMEOUT, XmppClient, addr_config, bare, full, shared_ca, start_server, trust_shared_ca, xml,
 };
 
 const SID: &str = "urn:xmpp:sid:0";
 
 fn chat(to: &str, body: &str) -> Message {
-    Message::chat(Some(Jid::from(bare(to)))).with_body(Default::default(), body.to_owned())
+    let to = if to.contains('/') {
+        Jid::from(full(to))
+    } else {
+        Jid::from(bare(to))
+    };
+    Message::chat(Some(to)).with_body(Default::default(), body.to_owned())
 }
 
 fn body_of(message: &Message) -> Option<String> {
@@ -50,6 +55,11 @@ async fn chats_are_archived_and_stamped_with_the_recipients_stanza_id() {
     let mut server = start_server(|_| {}).await;
     let mut alice = XmppClient::login(&server, "alice", "alice-secret", "phone").await;
     let mut bob = XmppClient::login(&server, "bob", "bob-secret", "laptop").await;
+    // Messages to a bare JID reach available resources (RFC 6121 §8.5.2.1); the ping makes sure
+    // bob's presence was processed before alice sends.
+    bob.send_initial_presence().await;
+    bob.iq_ok(None, IqRequest::Get(xml("<ping xmlns='urn:xmpp:ping'/>")))
+        .await;
 
     // A client-supplied stanza-id claiming to be bob's archive is a forgery and is replaced.
     let mut first = chat("bob@localhost", "archived hello");
@@ -186,17 +196,19 @@ impl ChildServer {
     }
 
     /// Starts `parley serve` and waits until it accepts connections.
-    async fn serve(&self) -> Child {
-        let mut child = self
+    async fn serve(&self) -> KillOnDrop {
+        let log = std::fs::File::create(self.dir.path().join("server.log")).expect("a log file");
+        let child = self
             .command()
             .arg("serve")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("spawning parley serve");
+        let mut child = KillOnDrop(child);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while tokio::net::TcpStream::connect(self.starttls).await.is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(Some(status)) = child.0.try_wait() {
                 panic!("parley serve exited early: {status}");
             }
             assert!(
@@ -237,7 +249,27 @@ impl ChildServer {
     }
 }
 
-/// Logs in to a child server; None if it does not get online in time.
+/// A server process that a failing test must not leave behind.
+struct KillOnDrop(Child);
+
+impl KillOnDrop {
+    /// SIGKILL, then reap.
+    fn kill(&mut self) {
+        self.0.kill().expect("SIGKILL the server");
+        self.0.wait().expect("reaping the server");
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Logs in to a child server.
 async fn child_login(server: &ChildServer, user: &str) -> Client {
     let jid = FullJid::new(&format!("{user}@localhost/load")).unwrap();
     let mut client = Client::new_with_connector(
@@ -286,8 +318,8 @@ fn pseudo_random_millis(range: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_delivered_message_survives_a_sigkill_and_the_chain_verifies() {
-    const PAIRS: usize = 4;
-    const PER_SENDER: usize = 1500;
+    const PAIRS: usize = 8;
+    const PER_SENDER: usize = 600;
     let users: Vec<String> = (0..PAIRS)
         .flat_map(|pair| [format!("sender{pair}"), format!("receiver{pair}")])
         .collect();
@@ -302,7 +334,10 @@ async fn every_delivered_message_survives_a_sigkill_and_the_chain_verifies() {
         tasks.spawn(receive_until_disconnected(receiver, delivered.clone()));
         tasks.spawn(async move {
             for n in 0..PER_SENDER {
-                let message = chat(&format!("receiver{pair}@localhost"), &format!("load-{pair}-{n}"));
+                let message = chat(
+                    &format!("receiver{pair}@localhost/load"),
+                    &format!("load-{pair}-{n}"),
+                );
                 if sender.send_stanza(message.into()).await.is_err() {
                     return;
                 }
@@ -321,14 +356,13 @@ async fn every_delivered_message_survives_a_sigkill_and_the_chain_verifies() {
 
     // Kill at a random moment once the load is under way.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while delivered.lock().unwrap().len() < 100 {
+    while delivered.lock().unwrap().len() < 500 {
         assert!(tokio::time::Instant::now() < deadline, "the load never got going");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let delay = pseudo_random_millis(1500);
+    let delay = pseudo_random_millis(2500);
     tokio::time::sleep(Duration::from_millis(delay)).await;
-    child.kill().expect("SIGKILL the server");
-    child.wait().expect("reaping the server");
+    child.kill();
     let seen: BTreeSet<String> = delivered.lock().unwrap().clone();
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
@@ -356,7 +390,7 @@ async fn every_delivered_message_survives_a_sigkill_and_the_chain_verifies() {
     let mut receiver = child_login(&server, "receiver0").await;
     let mut sender = child_login(&server, "sender0").await;
     sender
-        .send_stanza(chat("receiver0@localhost", "after-restart").into())
+        .send_stanza(chat("receiver0@localhost/load", "after-restart").into())
         .await
         .unwrap();
     tokio::time::timeout(EVENT_TIMEOUT, async {
@@ -370,8 +404,7 @@ async fn every_delivered_message_survives_a_sigkill_and_the_chain_verifies() {
     })
     .await
     .expect("the message after the restart is delivered");
-    child.kill().expect("SIGKILL the server again");
-    child.wait().expect("reaping the server");
+    child.kill();
     drop((sender, receiver));
 
     let (intact, report) = server.archive(&["verify"]);

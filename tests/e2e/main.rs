@@ -4,6 +4,7 @@
 
 mod archive;
 mod client;
+mod directory_features;
 mod interop;
 mod ldap;
 mod raw;

@@ -69,10 +69,11 @@ pub async fn serve(listener: TcpListener, mode: ListenerMode, ctx: Arc<C2sContex
             continue;
         };
         let ctx = ctx.clone();
-        tracker.spawn(async move {
+        let connection = async move {
             handle_connection(tcp, peer, mode, ctx).await;
             drop(guard);
-        });
+        };
+        tracker.spawn(connection);
     }
     tracker.close();
     tracker.wait().await;

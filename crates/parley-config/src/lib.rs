@@ -20,8 +20,8 @@ pub use load::{ConfigError, ConfigErrorKind, ConfigErrors, ConfigWarning, Loaded
 pub use model::{
     AdminHttpConfig, ArchiveConfig, C2sConfig, Config, DirectoryBackend, DirectoryConfig,
     KNOWN_SASL_MECHANISMS, LdapConfig, LdapGroupConfig, LdapMemberAttribute, LdapScope, LogConfig, LogFormat,
-    OfflineConfig, PrivateStorageConfig, RosterConfig, ServerConfig, StorageBackend, StorageConfig,
-    TlsConfig, VcardConfig,
+    OfflineConfig, PrivateStorageConfig, RosterConfig, ServerConfig, SharedGroupConfig, StorageBackend,
+    StorageConfig, TlsConfig, VcardConfig,
 };
 pub use secret::{MAX_SECRET_FILE_BYTES, Secret, SecretError, SecretSource};
 pub use size::{ByteSize, ByteSizeError};

@@ -332,6 +332,16 @@ pub struct LdapConfig {
     pub title_attribute: String,
     /// Telephone attribute; empty means not mapped.
     pub phone_attribute: String,
+    /// Given (first) name attribute, for vCards (`N/GIVEN`) and search; empty means not mapped.
+    pub given_name_attribute: String,
+    /// Family (last) name attribute, for vCards (`N/FAMILY`) and search; empty means not mapped.
+    pub family_name_attribute: String,
+    /// Nickname attribute, for vCards (`NICKNAME`); empty means not mapped.
+    pub nickname_attribute: String,
+    /// Photo attribute (JPEG bytes), for vCards (`PHOTO`); empty means not mapped.
+    pub photo_attribute: String,
+    /// Largest photo put into a vCard; a larger one is left out.
+    pub max_photo_size: ByteSize,
     /// Groups Parley knows (shared rosters, admins).
     pub groups: Vec<LdapGroupConfig>,
     /// Name of the group in `groups` whose members are server administrators; empty means none.
@@ -370,6 +380,11 @@ impl Default for LdapConfig {
             department_attribute: "departmentNumber".to_owned(),
             title_attribute: "title".to_owned(),
             phone_attribute: "telephoneNumber".to_owned(),
+            given_name_attribute: "givenName".to_owned(),
+            family_name_attribute: "sn".to_owned(),
+            nickname_attribute: String::new(),
+            photo_attribute: "jpegPhoto".to_owned(),
+            max_photo_size: ByteSize::kib(48),
             groups: Vec::new(),
             admin_group: String::new(),
             poll_interval: Duration::from_secs(10),
@@ -386,11 +401,39 @@ impl Default for LdapConfig {
 pub struct RosterConfig {
     /// Most contacts one user may have.
     pub max_items: usize,
+    /// Directory groups shown on their members' rosters (`[[roster.shared_groups]]`): every
+    /// member sees every other member with subscription `both`, without any handshake.
+    pub shared_groups: Vec<SharedGroupConfig>,
+    /// Most shared contacts one user is shown (all shared groups together); the rest are left
+    /// out and logged, so one huge group can't flood every client.
+    pub max_shared_contacts: usize,
 }
 
 impl Default for RosterConfig {
     fn default() -> Self {
-        Self { max_items: 1000 }
+        Self {
+            max_items: 1000,
+            shared_groups: Vec::new(),
+            max_shared_contacts: 5000,
+        }
+    }
+}
+
+/// One `[[roster.shared_groups]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedGroupConfig {
+    /// The directory group: a `[[ldap.groups]]` name, or a group of the static users file.
+    pub group: String,
+    /// The roster group users see; defaults to `group`.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl SharedGroupConfig {
+    /// The roster group users see.
+    pub fn roster_group(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.group)
     }
 }
 
@@ -414,12 +457,16 @@ impl Default for OfflineConfig {
 pub struct VcardConfig {
     /// Largest vCard (including its photo) a user may store.
     pub max_size: ByteSize,
+    /// Answer vCards of people the directory describes from the directory (read-only); people
+    /// it says nothing about keep the vCard they store themselves.
+    pub from_directory: bool,
 }
 
 impl Default for VcardConfig {
     fn default() -> Self {
         Self {
             max_size: ByteSize::kib(64),
+            from_directory: true,
         }
     }
 }
@@ -571,6 +618,31 @@ mod tests {
     fn example_text() -> String {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/parley.example.toml");
         std::fs::read_to_string(path).expect("config/parley.example.toml is readable")
+    }
+
+    #[test]
+    fn shared_groups_parse_default_their_name_and_reject_empty_names() {
+        let loaded = Config::from_toml_str(
+            "[[roster.shared_groups]]\ngroup = \"eng\"\n\n[[roster.shared_groups]]\ngroup = \"staff\"\nname = \"Everyone\"\n",
+        )
+        .unwrap_or_else(|errors| panic!("{errors}"));
+        let names: Vec<&str> = loaded
+            .config
+            .roster
+            .shared_groups
+            .iter()
+            .map(SharedGroupConfig::roster_group)
+            .collect();
+        assert_eq!(names, ["eng", "Everyone"]);
+        for bad in [
+            "[[roster.shared_groups]]\ngroup = \" \"\n",
+            "[[roster.shared_groups]]\ngroup = \"eng\"\nname = \"\"\n",
+            "[[roster.shared_groups]]\nname = \"x\"\n",
+            "[[roster.shared_groups]]\ngroup = \"eng\"\ncolour = \"red\"\n",
+        ] {
+            let errors = Config::from_toml_str(bad).expect_err(bad).to_string();
+            assert!(errors.contains("roster.shared_groups"), "{bad}: {errors}");
+        }
     }
 
     #[test]

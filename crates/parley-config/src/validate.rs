@@ -46,6 +46,20 @@ pub(crate) fn validate(config: &Config, sections: &[&str], report: &mut Report) 
     }
     if checked("roster") {
         positive_count("roster.max_items", config.roster.max_items, report);
+        for (index, shared) in config.roster.shared_groups.iter().enumerate() {
+            if shared.group.trim().is_empty() {
+                report.reject(
+                    format!("roster.shared_groups[{index}].group"),
+                    "must not be empty",
+                );
+            }
+            if shared.name.as_deref().is_some_and(|name| name.trim().is_empty()) {
+                report.reject(
+                    format!("roster.shared_groups[{index}].name"),
+                    "must not be empty; remove the key to show the group's own name",
+                );
+            }
+        }
     }
     if checked("offline") {
         positive_count("offline.max_messages", config.offline.max_messages, report);
@@ -591,6 +605,38 @@ mod tests {
             .into_iter()
             .map(|warning| warning.path)
             .collect()
+    }
+
+    #[test]
+    fn archive_section_rules() {
+        let errors =
+            rejected("[archive]\ncheckpoint_every = 0\nretention_departments = { \" \" = \"30d\" }\n");
+        assert!(
+            errors.iter().any(|e| e.contains("archive.checkpoint_every")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("archive.retention_departments")),
+            "{errors:?}"
+        );
+        let warned = warnings("[archive]\nretention = \"1h\"\npurge_interval = \"10s\"\n");
+        assert!(warned.contains(&"archive.retention".to_owned()), "{warned:?}");
+        assert!(
+            warned.contains(&"archive.purge_interval".to_owned()),
+            "{warned:?}"
+        );
+        let loaded = Config::from_toml_str(
+            "[archive]\nretention = \"0\"\nretention_groups = { board = \"3650d\" }\npurge_interval = \"0\"\n",
+        )
+        .unwrap();
+        assert!(
+            !loaded.warnings.iter().any(|w| w.path.starts_with("archive")),
+            "{:?}",
+            loaded.warnings
+        );
+        assert!(loaded.config.archive.retention.is_zero());
+        assert_eq!(loaded.config.archive.retention_groups.len(), 1);
+        assert!(rejected("[archive]\nretention = \"forever\"\n")[0].contains("archive.retention"));
     }
 
     #[test]

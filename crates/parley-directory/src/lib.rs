@@ -38,6 +38,29 @@ pub struct Person {
     pub admin: bool,
 }
 
+/// What the directory knows about a person beyond [`Person`], for vCards (XEP-0054): read
+/// on demand, as a photo is too big to keep for everyone.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Profile {
+    pub given_name: Option<String>,
+    pub family_name: Option<String>,
+    pub nickname: Option<String>,
+    pub photo: Option<Photo>,
+}
+
+/// A picture of a person, with its media type (`image/jpeg` for LDAP's `jpegPhoto`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Photo {
+    pub media_type: String,
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for Photo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Photo({}, {} bytes)", self.media_type, self.data.len())
+    }
+}
+
 /// Result of a password check. Unknown user and wrong password are deliberately the same value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthOutcome {
@@ -105,4 +128,13 @@ pub trait Directory: Send + Sync + 'static {
     /// Localparts of the members of `group`, sorted.
     async fn members(&self, group: &str) -> Result<Vec<String>, DirectoryError>;
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<DirectoryChange>;
+    /// The profile of an existing, enabled person, or None. Backends without more than
+    /// [`Person`] answer an empty profile for everyone they know.
+    async fn profile(&self, localpart: &str) -> Result<Option<Profile>, DirectoryError> {
+        Ok(self.person(localpart).await?.map(|_| Profile::default()))
+    }
+    /// Whether the person is a member of the configured admin group.
+    async fn is_admin(&self, localpart: &str) -> Result<bool, DirectoryError> {
+        Ok(self.person(localpart).await?.is_some_and(|person| person.admin))
+    }
 }

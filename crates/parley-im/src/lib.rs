@@ -1,8 +1,9 @@
 //! parley-im: the smaller XMPP features, one module (and one file) each.
 //!
 //! Owns: service discovery (XEP-0030) and the server's entity capabilities (XEP-0115), ping
-//! (XEP-0199), software version (XEP-0092), vcard-temp (XEP-0054), private XML storage (XEP-0049)
-//! and offline messages (XEP-0160). Each is a [`parley_router::Module`] built by the server with the
+//! (XEP-0199), software version (XEP-0092), vcard-temp (XEP-0054, with read-only vCards from the
+//! directory), user directory search (XEP-0055), private XML storage (XEP-0049) and offline
+//! messages (XEP-0160). Each is a [`parley_router::Module`] built by the server with the
 //! handles and options it needs.
 //!
 //! Must not touch: sockets, the stream, the session table's internals or other feature crates
@@ -10,18 +11,22 @@
 //! hooks and events, and keep their data in the [`parley_storage::KeyValue`] store they are given.
 
 pub mod caps;
+pub mod directory_vcard;
 pub mod disco;
 pub mod offline;
 pub mod ping;
 pub mod private;
+pub mod search;
 pub mod vcard;
 pub mod version;
 
 pub use caps::{CapsModule, ServerCaps, verification_string};
+pub use directory_vcard::DirectoryVcards;
 pub use disco::{DiscoModule, DiscoOptions};
 pub use offline::{OfflineModule, OfflineOptions};
 pub use ping::PingModule;
 pub use private::{PrivateModule, PrivateOptions};
+pub use search::{SearchModule, SearchOptions};
 pub use vcard::{VcardModule, VcardOptions, VcardSource};
 pub use version::{VersionModule, VersionOptions};
 

@@ -421,7 +421,8 @@ impl StreamReader {
                 }
                 if self.phase == Phase::AwaitingHeader {
                     let mut header = header_from(&name, &namespace, &attrs)?;
-                    header.content_namespace = self.header_scan.take().and_then(|scan| scan.default_namespace);
+                    header.content_namespace =
+                        self.header_scan.take().and_then(|scan| scan.default_namespace);
                     self.phase = Phase::InStream;
                     self.unit_bytes = 0;
                     self.between_elements = true;
@@ -767,8 +768,14 @@ mod tests {
             if header.is_none() {
                 header = reader.next_event().unwrap();
             }
-            let Some(StreamEvent::Header(header)) = header else { panic!("no header at split {split}") };
-            assert_eq!(header.content_namespace.as_deref(), Some("urn:example:bogus"), "split {split}");
+            let Some(StreamEvent::Header(header)) = header else {
+                panic!("no header at split {split}")
+            };
+            assert_eq!(
+                header.content_namespace.as_deref(),
+                Some("urn:example:bogus"),
+                "split {split}"
+            );
         }
     }
 

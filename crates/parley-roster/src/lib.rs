@@ -14,6 +14,7 @@ mod iq;
 mod item;
 mod presence;
 mod shared;
+mod shared_sync;
 mod state;
 mod store;
 
@@ -21,7 +22,10 @@ mod store;
 mod tests;
 
 pub use item::{MAX_GROUP_LEN, MAX_GROUPS, MAX_NAME_LEN, StoredItem};
-pub use shared::{NoSharedGroups, SharedContact, SharedGroups};
+pub use shared::{
+    AccountFilter, ContactsChange, DirectorySharedGroups, NoSharedGroups, SharedContact, SharedGroupMapping,
+    SharedGroups, SharedView,
+};
 pub use state::{SubState, SubscriptionKind};
 pub use store::RosterError;
 
@@ -86,6 +90,7 @@ impl RosterModule {
                 shared,
                 directed: Mutex::default(),
                 push_ids: AtomicU64::new(1),
+                watching_shared: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -125,6 +130,9 @@ pub(crate) struct Core {
     /// Directed-presence targets per resource (RFC 6121 §4.6), told when it goes unavailable.
     directed: Mutex<HashMap<FullJid, HashSet<Jid>>>,
     push_ids: AtomicU64,
+    /// Set once the task applying shared-group changes runs (started by the first event,
+    /// which is the first moment the module holds the router).
+    watching_shared: std::sync::atomic::AtomicBool,
 }
 
 /// A roster as clients see it: stored items merged with shared contacts.
@@ -136,8 +144,13 @@ pub(crate) struct View {
 impl Core {
     /// Sends a roster push of `item` to every interested resource of `owner` (§2.1.6).
     fn push(&self, router: &Router, owner: &BareJid, item: Item, version: u64) {
+        self.push_with_ver(router, owner, item, version.to_string());
+    }
+
+    /// A roster push carrying the version string `ver`.
+    fn push_with_ver(&self, router: &Router, owner: &BareJid, item: Item, ver: String) {
         let query = Element::from(Roster {
-            ver: Some(version.to_string()),
+            ver: Some(ver),
             items: vec![item],
         });
         for resource in router.sessions().resources(owner) {

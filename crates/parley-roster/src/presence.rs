@@ -44,7 +44,7 @@ pub(crate) async fn send_unavailable_from_all(router: &Router, owner: &BareJid, 
 
 /// The current presence of every available resource of `owner`, sent to `to` (probe answers,
 /// §4.3.2, and a new subscriber, §3.1.5).
-async fn send_current_presence(router: &Router, owner: &BareJid, to: &Jid) {
+pub(crate) async fn send_current_presence(router: &Router, owner: &BareJid, to: &Jid) {
     for resource in router.sessions().resources(owner) {
         if !resource.presence.available {
             continue;
@@ -142,6 +142,7 @@ impl HookHandler for Incoming {
 #[async_trait]
 impl EventHandler for Events {
     async fn on_event(&self, router: &Router, event: &Event) {
+        crate::shared_sync::start_once(&self.0, router);
         match event {
             Event::InitialPresence(full) => self.0.initial_presence(router, full).await,
             Event::SessionClosed(full) => {

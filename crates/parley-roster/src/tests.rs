@@ -815,3 +815,187 @@ async fn shared_contacts_show_as_both_and_see_presence() {
     );
     alice.take();
 }
+
+/// Shared contacts set by the test, and changes it announces one batch at a time.
+struct Scripted {
+    contacts: std::sync::Mutex<std::collections::HashMap<BareJid, Vec<SharedContact>>>,
+    changes: tokio::sync::Mutex<mpsc::Receiver<Vec<crate::ContactsChange>>>,
+}
+
+#[async_trait]
+impl SharedGroups for Scripted {
+    async fn contacts(&self, account: &BareJid) -> Vec<SharedContact> {
+        self.contacts
+            .lock()
+            .unwrap()
+            .get(account)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    async fn next_change(&self, wanted: crate::AccountFilter<'_>) -> Option<Vec<crate::ContactsChange>> {
+        let batch = self.changes.lock().await.recv().await?;
+        Some(
+            batch
+                .into_iter()
+                .filter(|change| wanted(&change.account))
+                .collect(),
+        )
+    }
+}
+
+fn shared_contact(name: &str, display: &str) -> SharedContact {
+    SharedContact {
+        jid: bare(name),
+        name: Some(display.into()),
+        groups: vec!["Team".into()],
+    }
+}
+
+/// Waits (bounded) until a stanza `wanted` accepts reaches `client`; returns it.
+async fn wait_for(client: &mut Client, what: &str, wanted: impl Fn(&Stanza) -> bool) -> Stanza {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, client.rx.recv()).await {
+            Ok(Some(Outbound::Stanza(stanza))) if wanted(&stanza) => return *stanza,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => panic!("{}: no {what}", client.jid),
+        }
+    }
+}
+
+fn pushed_item(stanza: &Stanza, contact: &str) -> Option<(String, Option<String>)> {
+    let query = stanza.iq_payload()?;
+    let roster = xmpp_parsers::roster::Roster::try_from(query.clone()).ok()?;
+    let item = roster.items.into_iter().find(|item| item.jid == bare(contact))?;
+    let subscription = String::from(Element::from(item.clone()).attr("subscription").unwrap_or("none"));
+    Some((subscription, item.name))
+}
+
+#[tokio::test]
+async fn shared_changes_push_items_and_presence_to_online_members() {
+    let (announce, changes) = mpsc::channel(4);
+    let shared = Arc::new(Scripted {
+        contacts: std::sync::Mutex::new([(bare("alice"), vec![shared_contact("bob", "Bob")])].into()),
+        changes: tokio::sync::Mutex::new(changes),
+    });
+    let store = Arc::new(MemoryStore::new());
+    let router = router_with(RosterModule::with_shared_groups(
+        store,
+        RosterOptions::default(),
+        shared.clone(),
+    ));
+    let mut alice = online(&router, "alice/phone").await;
+    let _carol = online(&router, "carol/desk").await;
+    // A personal item for carol (no subscription) beside the shared contacts.
+    roster_set(
+        &router,
+        &alice.jid,
+        None,
+        "<item jid='carol@example.org' name='Caz'/>",
+    )
+    .await;
+    alice.take();
+
+    // carol joins alice's group and bob is renamed.
+    let before = vec![shared_contact("bob", "Bob")];
+    let after = vec![shared_contact("bob", "Robert"), shared_contact("carol", "Carol")];
+    shared
+        .contacts
+        .lock()
+        .unwrap()
+        .insert(bare("alice"), after.clone());
+    let change = crate::ContactsChange {
+        account: bare("alice"),
+        before: before.clone(),
+        after: after.clone(),
+    };
+    announce.send(vec![change]).await.unwrap();
+    // Pushes come in the order of the new contact list.
+    let push = wait_for(&mut alice, "a push of bob", |s| pushed_item(s, "bob").is_some()).await;
+    assert_eq!(
+        pushed_item(&push, "bob"),
+        Some(("both".into(), Some("Robert".into())))
+    );
+    let push = wait_for(&mut alice, "a push of carol", |s| {
+        pushed_item(s, "carol").is_some()
+    })
+    .await;
+    // The personal item wins for the name; the shared group makes it `both`.
+    assert_eq!(
+        pushed_item(&push, "carol"),
+        Some(("both".into(), Some("Caz".into())))
+    );
+    wait_for(&mut alice, "carol's presence", |s| {
+        s.kind() == StanzaKind::Presence
+            && s.stanza_type().is_none()
+            && from_of(s) == "carol@example.org/desk"
+    })
+    .await;
+
+    // carol leaves the group: the personal item (subscription none) remains, presence stops.
+    shared
+        .contacts
+        .lock()
+        .unwrap()
+        .insert(bare("alice"), before.clone());
+    let change = crate::ContactsChange {
+        account: bare("alice"),
+        before: after,
+        after: before,
+    };
+    announce.send(vec![change]).await.unwrap();
+    let push = wait_for(&mut alice, "a push of carol", |s| {
+        pushed_item(s, "carol").is_some()
+    })
+    .await;
+    assert_eq!(
+        pushed_item(&push, "carol"),
+        Some(("none".into(), Some("Caz".into())))
+    );
+    wait_for(&mut alice, "carol's unavailable presence", |s| {
+        s.kind() == StanzaKind::Presence
+            && s.stanza_type() == Some("unavailable")
+            && from_of(s) == "carol@example.org/desk"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_contact_leaving_without_a_personal_item_is_removed() {
+    let (announce, changes) = mpsc::channel(4);
+    let shared = Arc::new(Scripted {
+        contacts: std::sync::Mutex::new(std::collections::HashMap::new()),
+        changes: tokio::sync::Mutex::new(changes),
+    });
+    let router = router_with(RosterModule::with_shared_groups(
+        Arc::new(MemoryStore::new()),
+        RosterOptions::default(),
+        shared,
+    ));
+    let mut alice = online(&router, "alice/phone").await;
+    // An offline account's change is not computed (the filter says who is online).
+    announce
+        .send(vec![
+            crate::ContactsChange {
+                account: bare("dave"),
+                before: Vec::new(),
+                after: vec![shared_contact("alice", "Alice")],
+            },
+            crate::ContactsChange {
+                account: bare("alice"),
+                before: vec![shared_contact("bob", "Bob")],
+                after: Vec::new(),
+            },
+        ])
+        .await
+        .unwrap();
+    let push = wait_for(&mut alice, "a removal of bob", |s| {
+        pushed_item(s, "bob").is_some()
+    })
+    .await;
+    assert_eq!(
+        pushed_item(&push, "bob").map(|(sub, _)| sub),
+        Some("remove".into())
+    );
+}

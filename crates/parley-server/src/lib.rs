@@ -12,6 +12,7 @@ pub mod directory_check;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use parley_archive::{ArchiveOptions, ComplianceArchive, SystemClock};
 use parley_c2s::sasl::Mechanism;
 use parley_c2s::{C2sContext, C2sSettings, ListenerMode, TlsSettings};
 use parley_config::{Config, DirectoryBackend, StorageBackend};
@@ -19,7 +20,6 @@ use parley_directory::{Directory, DirectoryChange, LdapDirectory, StaticDirector
 use parley_proto::reader::Limits;
 use parley_proto::{BareJid, StreamError, StreamErrorCondition};
 use parley_router::{Accounts, Event, Router};
-use parley_archive::{ArchiveOptions, ComplianceArchive, SystemClock};
 use parley_storage::{MemoryStore, RedbStore, Store};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -320,38 +320,87 @@ mod modules {
     //! Which modules run, with their options from the configuration.
     use super::*;
     use parley_im::{
-        CapsModule, DiscoModule, DiscoOptions, OfflineModule, OfflineOptions, PingModule, PrivateModule,
-        PrivateOptions, VcardModule, VcardOptions, VersionModule, VersionOptions,
+        CapsModule, DirectoryVcards, DiscoModule, DiscoOptions, OfflineModule, OfflineOptions, PingModule,
+        PrivateModule, PrivateOptions, SearchModule, SearchOptions, VcardModule, VcardOptions, VersionModule,
+        VersionOptions,
     };
-    use parley_roster::{RosterModule, RosterOptions};
+    use parley_roster::{
+        DirectorySharedGroups, NoSharedGroups, RosterModule, RosterOptions, SharedGroupMapping, SharedGroups,
+    };
     use parley_router::RouterBuilder;
     use parley_storage::KeyValue;
+
+    /// Shared roster groups from the directory, as `[[roster.shared_groups]]` maps them.
+    fn shared_groups(config: &Config, directory: &Arc<dyn Directory>) -> Arc<dyn SharedGroups> {
+        let roster = &config.roster;
+        let Ok(domain) = BareJid::new(&config.server.domain) else {
+            return Arc::new(NoSharedGroups);
+        };
+        if roster.shared_groups.is_empty() {
+            return Arc::new(NoSharedGroups);
+        }
+        let mappings = roster
+            .shared_groups
+            .iter()
+            .map(|shared| SharedGroupMapping {
+                directory_group: shared.group.clone(),
+                roster_group: shared.roster_group().to_owned(),
+            })
+            .collect();
+        Arc::new(DirectorySharedGroups::new(
+            directory.clone(),
+            domain,
+            mappings,
+            roster.max_shared_contacts,
+        ))
+    }
+
+    /// vcard-temp, answered from the directory for the people it describes.
+    fn vcards(config: &Config, kv: &Arc<dyn KeyValue>, directory: &Arc<dyn Directory>) -> VcardModule {
+        let module = VcardModule::new(
+            kv.clone(),
+            VcardOptions {
+                max_size: config.vcard.max_size.to_usize(),
+            },
+        );
+        match BareJid::new(&config.server.domain) {
+            Ok(domain) if config.vcard.from_directory => {
+                module.with_source(Arc::new(DirectoryVcards::new(directory.clone(), domain)))
+            }
+            _ => module,
+        }
+    }
 
     pub fn wire(
         builder: RouterBuilder,
         config: &Config,
         store: &Arc<dyn Store>,
-        _directory: &Arc<dyn Directory>,
+        directory: &Arc<dyn Directory>,
     ) -> RouterBuilder {
         let kv: Arc<dyn KeyValue> = store.clone();
         let disco = DiscoOptions::default();
+        // `start` has already refused an invalid domain.
+        let builder = match BareJid::new(&config.server.domain) {
+            Ok(domain) => builder.module(Arc::new(SearchModule::new(
+                directory.clone(),
+                domain,
+                SearchOptions::default(),
+            ))),
+            Err(_) => builder,
+        };
         builder
-            .module(Arc::new(RosterModule::new(
+            .module(Arc::new(RosterModule::with_shared_groups(
                 kv.clone(),
                 RosterOptions {
                     max_items: config.roster.max_items,
                 },
+                shared_groups(config, directory),
             )))
             .module(Arc::new(DiscoModule::new(disco.clone())))
             .module(Arc::new(CapsModule::new(disco)))
             .module(Arc::new(PingModule::new()))
             .module(Arc::new(VersionModule::new(VersionOptions::default())))
-            .module(Arc::new(VcardModule::new(
-                kv.clone(),
-                VcardOptions {
-                    max_size: config.vcard.max_size.to_usize(),
-                },
-            )))
+            .module(Arc::new(vcards(config, &kv, directory)))
             .module(Arc::new(PrivateModule::new(
                 kv.clone(),
                 PrivateOptions {

@@ -196,7 +196,11 @@ async fn user(config: &Config, action: UserCommand) -> anyhow::Result<()> {
                 let Some((localpart, password)) = line.split_once(char::is_whitespace) else {
                     anyhow::bail!("line {}: expected `localpart password`", number + 1);
                 };
-                users.push((localpart.to_owned(), password.trim().to_owned(), PersonDetails::default()));
+                users.push((
+                    localpart.to_owned(),
+                    password.trim().to_owned(),
+                    PersonDetails::default(),
+                ));
             }
             let added = directory.add_users(users).await?;
             println!("added {} accounts", added.len());

@@ -18,7 +18,8 @@ pub use raw::RawClient;
 pub use script::{Step, last_attr};
 pub use server::{ConfigTweak, TestServer, TestServerOptions};
 pub use slapd::{
-    LDAP_ADMIN_DN, LDAP_ADMIN_PASSWORD, LDAP_BASE_DN, LDAP_SERVICE_DN, LDAP_SERVICE_PASSWORD, Slapd, free_port,
+    LDAP_ADMIN_DN, LDAP_ADMIN_PASSWORD, LDAP_BASE_DN, LDAP_SERVICE_DN, LDAP_SERVICE_PASSWORD, Slapd,
+    free_port,
 };
 
 /// Fails the test when a required external tool is missing under `CI=true`, else says it skips.

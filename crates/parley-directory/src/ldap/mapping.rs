@@ -19,6 +19,8 @@ pub const MAX_DETAIL_BYTES: usize = 1024;
 pub struct RawEntry {
     pub dn: String,
     pub attrs: HashMap<String, Vec<String>>,
+    /// Values that are not UTF-8 (such as `jpegPhoto`), names lower-cased.
+    pub binary: HashMap<String, Vec<Vec<u8>>>,
 }
 
 impl RawEntry {
@@ -34,7 +36,32 @@ impl RawEntry {
         Self {
             dn: dn.into(),
             attrs: lowered,
+            binary: HashMap::new(),
         }
+    }
+
+    /// Adds binary values (ldap3 keeps values that are not UTF-8 apart).
+    pub fn with_binary(mut self, attrs: impl IntoIterator<Item = (String, Vec<Vec<u8>>)>) -> Self {
+        for (name, values) in attrs {
+            self.binary
+                .entry(name.to_ascii_lowercase())
+                .or_default()
+                .extend(values);
+        }
+        self
+    }
+
+    /// The first value of `attribute` as bytes, binary or text.
+    pub fn first_bytes(&self, attribute: &str) -> Option<&[u8]> {
+        if attribute.is_empty() {
+            return None;
+        }
+        let name = attribute.to_ascii_lowercase();
+        self.binary
+            .get(&name)
+            .and_then(|values| values.first())
+            .map(Vec::as_slice)
+            .or_else(|| self.first(attribute).map(str::as_bytes))
     }
 
     /// All values of `attribute` (any case; options such as `;lang-en` are not merged).
@@ -127,6 +154,25 @@ pub fn person_of(entry: &RawEntry, localpart: String, config: &LdapConfig) -> Pe
         phone: detail(&config.phone_attribute),
         groups: Vec::new(),
         admin: false,
+    }
+}
+
+/// The vCard details of an entry read with the profile attributes. A photo larger than
+/// `max_photo_size`, or one that is not a JPEG, is left out.
+pub fn profile_of(entry: &RawEntry, config: &LdapConfig) -> crate::Profile {
+    let detail = |attribute: &str| entry.first(attribute).map(|value| shorten(value).to_owned());
+    let photo = entry
+        .first_bytes(&config.photo_attribute)
+        .filter(|data| data.len() <= config.max_photo_size.to_usize() && data.starts_with(&[0xFF, 0xD8]))
+        .map(|data| crate::Photo {
+            media_type: "image/jpeg".to_owned(),
+            data: data.to_vec(),
+        });
+    crate::Profile {
+        given_name: detail(&config.given_name_attribute),
+        family_name: detail(&config.family_name_attribute),
+        nickname: detail(&config.nickname_attribute),
+        photo,
     }
 }
 
@@ -344,6 +390,49 @@ mod tests {
             dn: dn.into(),
             member_attribute,
         }
+    }
+
+    #[test]
+    fn profiles_take_names_and_only_small_jpeg_photos() {
+        let config = LdapConfig {
+            nickname_attribute: "displayName".into(),
+            max_photo_size: parley_config::ByteSize::kib(1),
+            ..LdapConfig::default()
+        };
+        let jpeg = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00];
+        let with_photo = |photo: Vec<u8>| {
+            entry(
+                "uid=a,dc=x",
+                &[
+                    ("givenName", &["Alice"]),
+                    ("SN", &["Liddell"]),
+                    ("displayName", &["Al"]),
+                ],
+            )
+            .with_binary([("jpegPhoto".to_owned(), vec![photo])])
+        };
+        let profile = profile_of(&with_photo(jpeg.clone()), &config);
+        assert_eq!(profile.given_name.as_deref(), Some("Alice"));
+        assert_eq!(profile.family_name.as_deref(), Some("Liddell"));
+        assert_eq!(profile.nickname.as_deref(), Some("Al"));
+        assert_eq!(
+            profile.photo.map(|p| (p.media_type, p.data)),
+            Some(("image/jpeg".into(), jpeg))
+        );
+        // Too big, or not a JPEG at all: no photo, the rest stays.
+        let mut too_big = vec![0u8; 1025];
+        too_big[..2].copy_from_slice(&[0xFF, 0xD8]);
+        let big = profile_of(&with_photo(too_big), &config);
+        assert_eq!(big.photo, None);
+        assert_eq!(big.given_name.as_deref(), Some("Alice"));
+        assert_eq!(profile_of(&with_photo(b"GIF89a".to_vec()), &config).photo, None);
+        let unmapped = LdapConfig {
+            photo_attribute: String::new(),
+            given_name_attribute: String::new(),
+            ..config
+        };
+        let profile = profile_of(&with_photo(vec![0xFF, 0xD8]), &unmapped);
+        assert_eq!((profile.photo, profile.given_name), (None, None));
     }
 
     #[test]

@@ -33,8 +33,8 @@ pub use filter::{changed_since_filter, escape_filter_value, user_login_filter};
 pub use mapping::{MappingProblem, RawEntry, Snapshot};
 
 use crate::{
-    AuthOutcome, Directory, DirectoryChange, DirectoryError, MAX_PASSWORD_BYTES, Person, ScramCredentials,
-    ScramHash, normalize_localpart,
+    AuthOutcome, Directory, DirectoryChange, DirectoryError, MAX_PASSWORD_BYTES, Person, Profile,
+    ScramCredentials, ScramHash, normalize_localpart,
 };
 use pool::{Failure, Pool};
 
@@ -211,9 +211,25 @@ impl Inner {
 
     /// The one enabled entry for `localpart` and the server that answered, or None.
     async fn find_login_entry(&self, localpart: &str) -> Result<Option<(RawEntry, usize)>, DirectoryError> {
+        self.find_entry(localpart, mapping::user_attributes(&self.config))
+            .await
+    }
+
+    /// The one enabled entry for `localpart`, with `attributes`, and the server that answered.
+    async fn find_entry(
+        &self,
+        localpart: &str,
+        mut attributes: Vec<String>,
+    ) -> Result<Option<(RawEntry, usize)>, DirectoryError> {
         let config = &self.config;
         let filter = user_login_filter(config, localpart);
-        let attributes = mapping::user_attributes(config);
+        // The localpart attribute is needed to check the mapping below.
+        if !attributes
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(&config.localpart_attribute))
+        {
+            attributes.push(config.localpart_attribute.clone());
+        }
         let ((found, dn_count), server) = self
             .pool
             .with_service(|ldap| {
@@ -498,6 +514,32 @@ impl Directory for LdapDirectory {
 
     fn subscribe(&self) -> broadcast::Receiver<DirectoryChange> {
         self.inner.changes.subscribe()
+    }
+
+    /// Read from the directory now (photos are not kept in the snapshot); only for people in
+    /// the snapshot, so a disabled or unmappable entry has no profile.
+    async fn profile(&self, localpart: &str) -> Result<Option<Profile>, DirectoryError> {
+        let Ok(localpart) = normalize_localpart(localpart) else {
+            return Ok(None);
+        };
+        if !self.inner.current().people.contains_key(&localpart) {
+            return Ok(None);
+        }
+        let config = &self.inner.config;
+        let attributes: Vec<String> = [
+            &config.given_name_attribute,
+            &config.family_name_attribute,
+            &config.nickname_attribute,
+            &config.photo_attribute,
+        ]
+        .into_iter()
+        .filter(|name| !name.is_empty())
+        .cloned()
+        .collect();
+        let Some((entry, _)) = self.inner.find_entry(&localpart, attributes).await? else {
+            return Ok(None);
+        };
+        Ok(Some(mapping::profile_of(&entry, config)))
     }
 }
 

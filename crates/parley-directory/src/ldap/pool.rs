@@ -306,7 +306,7 @@ impl Pool {
 fn parse_entry(entry: ResultEntry) -> Option<RawEntry> {
     let parsed =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| SearchEntry::construct(entry))).ok()?;
-    Some(RawEntry::new(parsed.dn, parsed.attrs))
+    Some(RawEntry::new(parsed.dn, parsed.attrs).with_binary(parsed.bin_attrs))
 }
 
 /// A rustls configuration trusting only the CA certificates in `path`.
