@@ -7,8 +7,9 @@
 //!   password or a disabled account takes effect at the next login. No server reachable gives
 //!   [`DirectoryError::Unavailable`] (clients see `temporary-auth-failure`).
 //! - **People and groups** come from a [`Snapshot`] read in full at start, re-read when the
-//!   change poll sees an entry modified (`modifyTimestamp`, refined by `entryCSN`/`uSNChanged`),
-//!   and every `full_sync_interval` (which also notices deleted entries). Comparing snapshots
+//!   change poll sees an entry modified (`modifyTimestamp`, refined by `entryCSN`/`uSNChanged`)
+//!   or the set of entries matching the user filter change (deleted, moved, disabled), and every
+//!   `full_sync_interval`. Comparing snapshots
 //!   yields the change feed: `UserDisabled` (entry left the filter), `UserRemoved` (entry gone),
 //!   `PersonChanged`, `GroupChanged`. A failed read changes nothing, so an outage never ends
 //!   sessions.
@@ -349,6 +350,29 @@ impl Inner {
             })
             .await?;
         let mut marker: Vec<String> = entries.iter().map(change_mark).collect();
+        // The modification search can't see an entry that is gone: deleted, moved out of the
+        // base, or no longer matching the filter (disabled). The names of the entries the user
+        // filter matches (no attributes, `1.1`) can, so such an account is noticed within one
+        // poll, not at the next full read.
+        let no_attributes = vec!["1.1".to_owned()];
+        let (matching, _) = self
+            .pool
+            .with_service(|ldap| {
+                self.pool.search(
+                    ldap,
+                    &config.base_dn,
+                    scope_of(config.scope),
+                    config.user_filter.trim(),
+                    &no_attributes,
+                    config.max_users,
+                )
+            })
+            .await?;
+        marker.extend(
+            matching
+                .iter()
+                .map(|entry| format!("user:{}", entry.dn.to_ascii_lowercase())),
+        );
         for group in &config.groups {
             if mapping::group_member_attribute(group).is_none() {
                 continue;
