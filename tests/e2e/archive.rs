@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use parley_directory::{PersonDetails, StaticDirectory};
+use parley_testkit::parley_binary;
 use tokio_xmpp::connect::StartTlsServerConnector;
 use tokio_xmpp::jid::{FullJid, Jid};
 use tokio_xmpp::parsers::message::{Message, MessageType};
@@ -112,26 +113,6 @@ async fn chats_are_archived_and_stamped_with_the_recipients_stanza_id() {
     alice.logout().await;
     bob.logout().await;
     server.stop().await;
-}
-
-/// `target/<profile>/parley`, built for this run (cargo returns at once when it is fresh).
-fn parley_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in target/<profile>/deps");
-    let binary = profile_dir.join("parley");
-    let cargo = option_env!("CARGO").unwrap_or("cargo");
-    let mut build = Command::new(cargo);
-    build.args(["build", "--quiet", "-p", "parley-server", "--bin", "parley"]);
-    if profile_dir.file_name().is_some_and(|name| name == "release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("running cargo build for the parley binary");
-    assert!(status.success(), "building the parley binary failed");
-    assert!(binary.is_file(), "no parley binary at {}", binary.display());
-    binary
 }
 
 fn free_port() -> SocketAddr {

@@ -3,6 +3,7 @@
 //! outside the Rust ecosystem for interoperability.
 
 mod archive;
+mod cli;
 mod client;
 mod directory_features;
 mod interop;

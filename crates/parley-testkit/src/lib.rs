@@ -7,12 +7,14 @@
 //! Must not touch: production code paths. It starts the server through `parley_server::start`,
 //! exactly as the binary does.
 
+mod binary;
 mod certs;
 mod raw;
 mod script;
 mod server;
 mod slapd;
 
+pub use binary::parley_binary;
 pub use certs::TestCa;
 pub use raw::RawClient;
 pub use script::{Step, last_attr};
