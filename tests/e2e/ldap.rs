@@ -4,7 +4,7 @@
 
 use crate::client::harness::{XmppClient, full, shared_ca, start_server, try_login, xml};
 use base64::Engine;
-use parley_config::{DirectoryBackend, LdapConfig};
+use parley_config::{DirectoryBackend, LdapConfig, LdapSyncrepl};
 use parley_directory::{AuthOutcome, Directory, LdapDirectory};
 use parley_testkit::{RawClient, Slapd, TestServer, free_port};
 use std::time::{Duration, Instant};
@@ -141,11 +141,10 @@ async fn filter_syntax_in_a_username_cannot_log_in_as_someone_else() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disabling_an_online_user_closes_the_session_and_blocks_login() {
-    let Some(slapd) = slapd() else { return };
-    let ldap = slapd.ldap_config();
-    let poll = ldap.poll_interval.get();
+/// Logs dave in on a raw stream, disables him with `ldapmodify` (ppolicy lock), waits for the
+/// server to end his session with `not-authorized`, and checks he can't log in again while
+/// alice is untouched. Returns the time from `ldapmodify` to the stream error.
+async fn disable_online_user(slapd: &Slapd, ldap: LdapConfig) -> Duration {
     let mut server = ldap_server(ldap).await;
     let mut dave = raw_session(&server, "dave", "dave-secret").await;
     let mut alice = XmppClient::login(&server, "alice", "alice-secret", "desk").await;
@@ -159,8 +158,6 @@ async fn disabling_an_online_user_closes_the_session_and_blocks_login() {
         .expect("ldapmodify");
     expect_closed_not_authorized(&mut dave).await;
     let took = disabled_at.elapsed();
-    eprintln!("MEASURED: ldapmodify to session closed: {took:?} (poll interval {poll:?})");
-    assert!(took < poll * 2 + Duration::from_secs(2), "closing took {took:?}");
     let result = try_login(&server, "dave", "dave-secret").await;
     assert!(
         refused_with(result, SaslCondition::NotAuthorized),
@@ -171,6 +168,37 @@ async fn disabling_an_online_user_closes_the_session_and_blocks_login() {
         .iq_ok(None, IqRequest::Get(xml("<ping xmlns='urn:xmpp:ping'/>")))
         .await;
     server.stop().await;
+    took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_an_online_user_closes_the_session_and_blocks_login() {
+    let Some(slapd) = slapd() else { return };
+    // Polling only: the path for servers without syncrepl (Active Directory).
+    let ldap = LdapConfig {
+        syncrepl: LdapSyncrepl::Off,
+        ..slapd.ldap_config()
+    };
+    let poll = ldap.poll_interval.get();
+    let took = disable_online_user(&slapd, ldap).await;
+    eprintln!("MEASURED: ldapmodify to session closed, polling: {took:?} (poll interval {poll:?})");
+    assert!(took < poll * 2 + Duration::from_secs(2), "closing took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncrepl_closes_a_disabled_users_session_long_before_the_poll() {
+    let Some(slapd) = slapd() else { return };
+    // The fixture's slapd runs the syncprov overlay. Polling and full reads are pushed out of
+    // the test's reach, so only the RFC 4533 persist search can deliver the change in time.
+    let ldap = LdapConfig {
+        syncrepl: LdapSyncrepl::Auto,
+        poll_interval: parley_config::Duration::from_secs(60),
+        full_sync_interval: parley_config::Duration::from_secs(3600),
+        ..slapd.ldap_config()
+    };
+    let took = disable_online_user(&slapd, ldap).await;
+    eprintln!("MEASURED: ldapmodify to session closed, syncrepl: {took:?} (poll interval 60s)");
+    assert!(took < Duration::from_secs(2), "closing took {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,4 +457,90 @@ fn report(what: &str, samples: &mut [Duration]) {
         at(0.99),
         samples[samples.len() - 1]
     );
+}
+
+/// Waits (up to `within`) for the first change of the feed that `pick` accepts.
+async fn next_change<T>(
+    changes: &mut tokio::sync::broadcast::Receiver<parley_directory::DirectoryChange>,
+    within: Duration,
+    pick: impl Fn(parley_directory::DirectoryChange) -> Option<T>,
+) -> Option<T> {
+    tokio::time::timeout(within, async {
+        loop {
+            match changes.recv().await {
+                Ok(change) => {
+                    if let Some(found) = pick(change) {
+                        return found;
+                    }
+                }
+                Err(error) => panic!("the feed ended: {error}"),
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncrepl_pushes_each_change_without_waiting_for_the_poll() {
+    use parley_directory::DirectoryChange;
+    let Some(slapd) = slapd() else { return };
+    let directory = LdapDirectory::start(&LdapConfig {
+        syncrepl: LdapSyncrepl::Auto,
+        poll_interval: parley_config::Duration::from_secs(60),
+        full_sync_interval: parley_config::Duration::from_secs(3600),
+        ..slapd.ldap_config()
+    })
+    .await
+    .expect("the directory starts");
+    let mut changes = directory.subscribe();
+
+    // The first change may be caught by the read that follows syncrepl's refresh phase; once
+    // it is seen, that read is over, and only the persist search can deliver the next ones.
+    slapd
+        .ldapmodify(
+            "dn: cn=engineering,ou=groups,dc=example,dc=com\nchangetype: modify\nadd: member\n\
+             member: uid=erin,ou=people,dc=example,dc=com\n",
+        )
+        .expect("ldapmodify");
+    let group = next_change(&mut changes, Duration::from_secs(5), |change| match change {
+        DirectoryChange::GroupChanged(group) => Some(group),
+        _ => None,
+    })
+    .await;
+    assert_eq!(group.as_deref(), Some("engineering"));
+
+    let disabled_at = Instant::now();
+    slapd
+        .ldapmodify(
+            "dn: uid=dave,ou=people,dc=example,dc=com\nchangetype: modify\nadd: pwdAccountLockedTime\n\
+             pwdAccountLockedTime: 000001010000Z\n",
+        )
+        .expect("ldapmodify");
+    let disabled = next_change(&mut changes, Duration::from_secs(2), |change| match change {
+        DirectoryChange::UserDisabled(user) => Some(user),
+        _ => None,
+    })
+    .await;
+    eprintln!(
+        "MEASURED: ldapmodify to UserDisabled via syncrepl: {:?}",
+        disabled_at.elapsed()
+    );
+    assert_eq!(disabled.as_deref(), Some("dave"), "no push within 2 s (poll is 60 s)");
+    assert_eq!(directory.person("dave").await.unwrap(), None);
+
+    // A membership change on a group entry (its own base-scope sync search) is pushed too.
+    slapd
+        .ldapmodify(
+            "dn: cn=staff,ou=groups,dc=example,dc=com\nchangetype: modify\nadd: uniqueMember\n\
+             uniqueMember: uid=bob,ou=people,dc=example,dc=com\n",
+        )
+        .expect("ldapmodify");
+    let group = next_change(&mut changes, Duration::from_secs(2), |change| match change {
+        DirectoryChange::GroupChanged(group) => Some(group),
+        _ => None,
+    })
+    .await;
+    assert_eq!(group.as_deref(), Some("staff"));
+    assert_eq!(directory.members("staff").await.unwrap(), ["alice", "bob"]);
 }

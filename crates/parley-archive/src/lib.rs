@@ -24,6 +24,7 @@ mod chain;
 mod clock;
 pub mod entry;
 mod export;
+pub mod mam;
 mod retention;
 mod scan;
 mod search;
@@ -42,6 +43,7 @@ pub use chain::{Appended, ChainWriter, CheckpointPolicy, MAX_BATCH_ENTRIES};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use entry::{Body, Checkpoint, MessageRecord};
 pub use export::{ExportFormat, ExportManifest, FileDigest, rfc3339};
+pub use mam::{MamModule, MamOptions, MamPrefs, PrefsDefault, RosterContacts};
 pub use retention::{LegalHold, PurgeReport, RetentionPolicy};
 pub use search::{Hit, SearchFilter, SearchResult, fold};
 pub use stage::{ArchiveStage, NS_SID, strip_local_stanza_ids};
@@ -158,8 +160,8 @@ impl ComplianceArchive {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, ArchiveError> {
         let kv: Arc<dyn KeyValue> = store.clone();
-        let mam: Arc<dyn Archive> = store;
-        let chain = ChainWriter::start(kv.clone(), clock.clone(), options.checkpoints).await?;
+        let mam: Arc<dyn Archive> = store.clone();
+        let chain = ChainWriter::start(store, clock.clone(), options.checkpoints).await?;
         Ok(Arc::new(Self {
             kv,
             mam,
@@ -174,12 +176,7 @@ impl ComplianceArchive {
 
     /// The router stage that records into this archive.
     pub fn stage(&self) -> ArchiveStage {
-        ArchiveStage::new(
-            self.domain.clone(),
-            self.chain.clone(),
-            self.mam.clone(),
-            self.clock.clone(),
-        )
+        ArchiveStage::new(self.domain.clone(), self.chain.clone(), self.clock.clone())
     }
 
     /// The chain writer, for appending entries directly (benchmarks, tools).

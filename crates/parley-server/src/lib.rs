@@ -7,6 +7,7 @@
 //!
 //! Must not touch: protocol logic. Everything XMPP happens in the crates it wires together.
 
+pub mod admin_http;
 pub mod certs;
 pub mod directory_check;
 
@@ -52,6 +53,8 @@ pub struct RunningServer {
     pub tls: Arc<TlsSettings>,
     /// The compliance archive every message is recorded in.
     pub archive: Arc<ComplianceArchive>,
+    /// Where the admin HTTP API listens, when enabled.
+    pub admin_http_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -150,9 +153,12 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         tracing::info!(cert = %certificate.cert.display(), fingerprint = %cert_fingerprint, "generated a self-signed certificate");
     }
 
+    let metrics = Arc::new(admin_http::MetricsModule::default());
+    let counters = metrics.counters.clone();
     let router = modules::wire(
         Router::builder(domain.clone(), Arc::new(DirectoryAccounts(directory.clone())))
-            .compliance(Arc::new(archive.stage())),
+            .compliance(Arc::new(archive.stage()))
+            .module(metrics),
         config,
         &store,
         &directory,
@@ -172,7 +178,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     let c2s = &config.c2s;
     let shutdown = CancellationToken::new();
     let settings = C2sSettings {
-        domain,
+        domain: domain.clone(),
         require_starttls: c2s.require_starttls,
         pre_auth_timeout: c2s.pre_auth_timeout.into(),
         ping_idle_after: c2s.ping_idle_after.into(),
@@ -226,6 +232,22 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     if !purge_every.is_zero() {
         tasks.spawn(purge_archive(archive.clone(), purge_every, shutdown.clone()));
     }
+    let mut admin_http_addr = None;
+    if let Some(addr) = config.admin_http.listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("admin_http.listen on {addr}"))?;
+        admin_http_addr = Some(listener.local_addr()?);
+        let state = Arc::new(admin_http::AdminState {
+            router: router.clone(),
+            directory: directory.clone(),
+            archive: archive.clone(),
+            counters,
+            export_root: config.server.data_dir.join("exports"),
+            domain: domain.to_string(),
+        });
+        tasks.spawn(admin_http::serve(listener, state, shutdown.clone()));
+    }
     let flush_store = store.clone();
     let store_shutdown = shutdown.clone();
     tasks.spawn(async move {
@@ -234,7 +256,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             tracing::error!(error = %e, "flushing the store at shutdown");
         }
     });
-    tracing::info!(?starttls_addrs, ?direct_tls_addrs, domain = %config.server.domain, "Parley is listening");
+    tracing::info!(?starttls_addrs, ?direct_tls_addrs, ?admin_http_addr, domain = %config.server.domain, "Parley is listening");
     Ok(RunningServer {
         router,
         starttls_addrs,
@@ -242,6 +264,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         cert_fingerprint,
         tls,
         archive,
+        admin_http_addr,
         shutdown,
         tasks,
     })
@@ -319,6 +342,7 @@ async fn reload_tls(tls: Arc<TlsSettings>, every: Duration, shutdown: Cancellati
 mod modules {
     //! Which modules run, with their options from the configuration.
     use super::*;
+    use parley_archive::{MamModule, MamOptions};
     use parley_im::{
         CapsModule, DirectoryVcards, DiscoModule, DiscoOptions, OfflineModule, OfflineOptions, PingModule,
         PrivateModule, PrivateOptions, SearchModule, SearchOptions, VcardModule, VcardOptions, VersionModule,
@@ -388,7 +412,13 @@ mod modules {
             ))),
             Err(_) => builder,
         };
+        let archive: Arc<dyn parley_storage::Archive> = store.clone();
         builder
+            .module(Arc::new(MamModule::new(
+                archive,
+                kv.clone(),
+                MamOptions::default(),
+            )))
             .module(Arc::new(RosterModule::with_shared_groups(
                 kv.clone(),
                 RosterOptions {

@@ -76,8 +76,8 @@ enum UserCommand {
         #[arg(long)]
         admin: bool,
     },
-    /// Create many accounts at once from a file of `localpart password` lines (`-` for standard
-    /// input); all are added, or none if one is invalid or exists already.
+    /// Create many accounts at once from a file of `localpart password [groups=g1,g2]` lines (`-`
+    /// for standard input); all are added, or none if one is invalid or exists already.
     Import { file: PathBuf },
     /// Set a new password (PARLEY_PASSWORD or standard input).
     Passwd { localpart: String },
@@ -196,11 +196,12 @@ async fn user(config: &Config, action: UserCommand) -> anyhow::Result<()> {
                 let Some((localpart, password)) = line.split_once(char::is_whitespace) else {
                     anyhow::bail!("line {}: expected `localpart password`", number + 1);
                 };
-                users.push((
-                    localpart.to_owned(),
-                    password.trim().to_owned(),
-                    PersonDetails::default(),
-                ));
+                let (password, groups) = split_import_groups(password.trim());
+                let details = PersonDetails {
+                    groups,
+                    ..PersonDetails::default()
+                };
+                users.push((localpart.to_owned(), password.to_owned(), details));
             }
             let added = directory.add_users(users).await?;
             println!("added {} accounts", added.len());
@@ -223,6 +224,22 @@ async fn user(config: &Config, action: UserCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Splits an optional trailing `groups=a,b` field off an import line's password. The `groups=`
+/// prefix keeps passwords that contain spaces importable as before.
+fn split_import_groups(rest: &str) -> (&str, Vec<String>) {
+    if let Some((password, last)) = rest.rsplit_once(char::is_whitespace)
+        && let Some(list) = last.strip_prefix("groups=")
+    {
+        let groups = list
+            .split(',')
+            .filter(|group| !group.is_empty())
+            .map(str::to_owned)
+            .collect();
+        return (password.trim_end(), groups);
+    }
+    (rest, Vec::new())
 }
 
 /// Caps glibc's malloc arenas before any thread starts. By default glibc gives each thread
@@ -305,5 +322,25 @@ async fn run() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_import_groups;
+
+    #[test]
+    fn import_lines_take_an_optional_groups_field() {
+        assert_eq!(
+            split_import_groups("pass1 groups=g1,g2"),
+            ("pass1", vec!["g1".to_owned(), "g2".to_owned()])
+        );
+        assert_eq!(
+            split_import_groups("pass with spaces"),
+            ("pass with spaces", Vec::new())
+        );
+        assert_eq!(split_import_groups("pass1 groups="), ("pass1", Vec::new()));
+        // A password alone that happens to start with the prefix stays a password.
+        assert_eq!(split_import_groups("groups=x"), ("groups=x", Vec::new()));
     }
 }
