@@ -509,6 +509,7 @@ async fn syncrepl_pushes_each_change_without_waiting_for_the_poll() {
     })
     .await;
     assert_eq!(group.as_deref(), Some("engineering"));
+    assert!(directory.syncrepl_active(), "the fixture's slapd runs syncprov");
 
     let disabled_at = Instant::now();
     slapd
@@ -526,21 +527,74 @@ async fn syncrepl_pushes_each_change_without_waiting_for_the_poll() {
         "MEASURED: ldapmodify to UserDisabled via syncrepl: {:?}",
         disabled_at.elapsed()
     );
-    assert_eq!(disabled.as_deref(), Some("dave"), "no push within 2 s (poll is 60 s)");
+    assert_eq!(
+        disabled.as_deref(),
+        Some("dave"),
+        "no push within 2 s (poll is 60 s)"
+    );
     assert_eq!(directory.person("dave").await.unwrap(), None);
 
     // A membership change on a group entry (its own base-scope sync search) is pushed too.
     slapd
         .ldapmodify(
-            "dn: cn=staff,ou=groups,dc=example,dc=com\nchangetype: modify\nadd: uniqueMember\n\
-             uniqueMember: uid=bob,ou=people,dc=example,dc=com\n",
+            "dn: cn=posix-devs,ou=groups,dc=example,dc=com\nchangetype: modify\nadd: memberUid\n\
+             memberUid: bob\n",
         )
         .expect("ldapmodify");
+    // (Disabling dave also changed `staff`: wait for this group by name.)
     let group = next_change(&mut changes, Duration::from_secs(2), |change| match change {
-        DirectoryChange::GroupChanged(group) => Some(group),
+        DirectoryChange::GroupChanged(group) if group == "posix-devs" => Some(group),
         _ => None,
     })
     .await;
-    assert_eq!(group.as_deref(), Some("staff"));
-    assert_eq!(directory.members("staff").await.unwrap(), ["alice", "bob"]);
+    assert_eq!(
+        group.as_deref(),
+        Some("posix-devs"),
+        "no push within 2 s (poll is 60 s)"
+    );
+    assert_eq!(
+        directory.members("posix-devs").await.unwrap(),
+        ["alice", "bob", "erin"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_syncprov_auto_falls_back_to_polling() {
+    use parley_directory::DirectoryChange;
+    if !Slapd::available() {
+        return;
+    }
+    let slapd = Slapd::spawn_without_syncprov().expect("slapd starts");
+    let ldap = LdapConfig {
+        syncrepl: LdapSyncrepl::Auto,
+        ..slapd.ldap_config()
+    };
+    let poll = ldap.poll_interval.get();
+    let directory = LdapDirectory::start(&ldap).await.expect("the directory starts");
+    let mut changes = directory.subscribe();
+    let disabled_at = Instant::now();
+    slapd
+        .ldapmodify(
+            "dn: uid=dave,ou=people,dc=example,dc=com\nchangetype: modify\nadd: pwdAccountLockedTime\n\
+             pwdAccountLockedTime: 000001010000Z\n",
+        )
+        .expect("ldapmodify");
+    let disabled = next_change(
+        &mut changes,
+        poll * 2 + Duration::from_secs(2),
+        |change| match change {
+            DirectoryChange::UserDisabled(user) => Some(user),
+            _ => None,
+        },
+    )
+    .await;
+    eprintln!(
+        "MEASURED: ldapmodify to UserDisabled via polling (no syncprov): {:?} (poll interval {poll:?})",
+        disabled_at.elapsed()
+    );
+    assert_eq!(disabled.as_deref(), Some("dave"));
+    assert!(
+        !directory.syncrepl_active(),
+        "a server without the Sync Request control can't be in syncrepl mode"
+    );
 }

@@ -2,8 +2,9 @@
 //!
 //! Sessions call [`ChainWriter::append`] concurrently. The task takes whatever is queued (up to
 //! [`MAX_BATCH_ENTRIES`]), gives each entry the next sequence number and the previous entry's
-//! hash, and writes the whole batch plus the new head as ONE `KeyValue::apply`: one owner, one
-//! job, one fsynced group commit, atomic. So the head always names the newest durable entry,
+//! hash, and writes the whole batch plus the new head, plus the entries' MAM copies (archive
+//! records riding along, see `ArchiveStage`), as ONE `Store::apply_and_append`: one storage job,
+//! one fsynced commit, atomic. So the head always names the newest durable entry,
 //! and a crash can never leave a gap or a half batch. While a batch commits, the next one
 //! queues up, which is what makes the group commit effective: the batch size grows with load.
 //!
@@ -12,7 +13,9 @@
 
 use std::sync::Arc;
 
-use parley_storage::{KeyValue, MAX_VALUE_LEN, Space, StorageError, WriteBatch};
+use parley_storage::{
+    ArchiveAppend, KeyValue, MAX_VALUE_LEN, Space, StorageError, Store, Visible, WriteBatch,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::ArchiveError;
@@ -56,12 +59,18 @@ impl Default for CheckpointPolicy {
     }
 }
 
+/// An entry, the archive ids of the records that rode along with it, and when those are
+/// queryable.
+type Reply = Result<(Appended, Vec<u64>, Visible), ArchiveError>;
+
 struct Request {
     body: Body,
     extra: Option<ExtraWrites>,
+    /// Archive records committed atomically with the entry (its MAM copies).
+    appends: Vec<ArchiveAppend>,
     /// Commits alone (a purge's many deletes must not share a batch's op budget).
     alone: bool,
-    reply: oneshot::Sender<Result<Appended, ArchiveError>>,
+    reply: oneshot::Sender<Reply>,
 }
 
 /// A handle to the chain task; cheap to clone. The task ends when every handle is dropped.
@@ -79,14 +88,14 @@ impl std::fmt::Debug for ChainWriter {
 impl ChainWriter {
     /// Loads the head and spawns the chain task on the current runtime.
     pub async fn start(
-        kv: Arc<dyn KeyValue>,
+        store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         policy: CheckpointPolicy,
     ) -> Result<Self, ArchiveError> {
-        let (head, head_bytes) = load_head(kv.as_ref()).await?;
+        let (head, head_bytes) = load_head(store.as_ref()).await?;
         let (requests, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let task = ChainTask {
-            kv,
+            store,
             clock,
             policy,
             last_checkpoint: head,
@@ -102,16 +111,40 @@ impl ChainWriter {
         self.send(body, None, false).await
     }
 
+    /// Appends one entry and, in the same durable commit, `appends`; returns once both are durable
+    /// AND the records are queryable, with the records' archive ids in order. (The chain task
+    /// itself moves on to its next batch as soon as the commit is durable.)
+    pub async fn append_with_records(
+        &self,
+        body: Body,
+        appends: Vec<ArchiveAppend>,
+    ) -> Result<(Appended, Vec<u64>), ArchiveError> {
+        let (appended, ids, visible) = self.request(body, None, appends, false).await?;
+        visible.wait().await?;
+        Ok((appended, ids))
+    }
+
     pub(crate) async fn send(
         &self,
         body: Body,
         extra: Option<ExtraWrites>,
         alone: bool,
     ) -> Result<Appended, ArchiveError> {
+        Ok(self.request(body, extra, Vec::new(), alone).await?.0)
+    }
+
+    async fn request(
+        &self,
+        body: Body,
+        extra: Option<ExtraWrites>,
+        appends: Vec<ArchiveAppend>,
+        alone: bool,
+    ) -> Reply {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             body,
             extra,
+            appends,
             alone,
             reply,
         };
@@ -136,7 +169,7 @@ pub(crate) async fn load_head(kv: &dyn KeyValue) -> Result<(Checkpoint, Option<V
 }
 
 struct ChainTask {
-    kv: Arc<dyn KeyValue>,
+    store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     policy: CheckpointPolicy,
     head: Checkpoint,
@@ -145,8 +178,10 @@ struct ChainTask {
 }
 
 struct Prepared {
-    reply: oneshot::Sender<Result<Appended, ArchiveError>>,
+    reply: oneshot::Sender<Reply>,
     appended: Appended,
+    /// How many of the commit's records are this entry's (they follow the previous entry's).
+    records: usize,
 }
 
 impl ChainTask {
@@ -188,6 +223,7 @@ impl ChainTask {
         let mut seq = self.head.seq;
         let mut prev: Hash = self.head.hash;
         let mut prepared = Vec::with_capacity(group.len());
+        let mut appends = Vec::new();
         for request in group {
             let Some(next) = seq.checked_add(1) else {
                 let _ = request.reply.send(Err(ArchiveError::Corrupt(
@@ -218,7 +254,9 @@ impl ChainTask {
             prepared.push(Prepared {
                 reply: request.reply,
                 appended: Appended { seq, ts },
+                records: request.appends.len(),
             });
+            appends.extend(request.appends);
         }
         if prepared.is_empty() {
             return;
@@ -236,22 +274,26 @@ impl ChainTask {
             batch.put(Space::Meta, CHECKPOINT_OWNER, seq_key(seq), head_bytes.clone());
         }
         batch.put(Space::Meta, META_OWNER, HEAD_KEY, head_bytes.clone());
-        match self.kv.apply(batch).await {
-            Ok(()) => {
+        match self.store.apply_and_append(batch, appends).await {
+            Ok(committed) => {
                 self.head = head;
                 self.head_bytes = Some(head_bytes);
                 if due {
                     self.last_checkpoint = head;
                 }
+                let mut ids = committed.ids.into_iter();
                 for done in prepared {
-                    let _ = done.reply.send(Ok(done.appended));
+                    let own: Vec<u64> = ids.by_ref().take(done.records).collect();
+                    let _ = done
+                        .reply
+                        .send(Ok((done.appended, own, committed.visible.clone())));
                 }
             }
             Err(error) => {
                 tracing::error!(%error, entries = prepared.len(), "compliance chain commit failed");
                 if matches!(error, StorageError::Conflict) {
                     // Someone else moved the head: continue from what is really stored.
-                    if let Ok((head, bytes)) = load_head(self.kv.as_ref()).await {
+                    if let Ok((head, bytes)) = load_head(self.store.as_ref()).await {
                         self.head = head;
                         self.head_bytes = bytes;
                     }
@@ -266,9 +308,15 @@ impl ChainTask {
 
 impl Request {
     fn body_weight(&self) -> usize {
-        match &self.body {
-            Body::Message(message) => message.stanza.len() + message.body.as_ref().map_or(0, String::len),
-            _ => 256,
-        }
+        let records: usize = self
+            .appends
+            .iter()
+            .map(|append| append.record.payload.len())
+            .sum();
+        records
+            + match &self.body {
+                Body::Message(message) => message.stanza.len() + message.body.as_ref().map_or(0, String::len),
+                _ => 256,
+            }
     }
 }

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use minidom::Node;
 use parley_proto::{BareJid, Element, Jid, Stanza};
 use parley_router::{ComplianceError, ComplianceStage};
-use parley_storage::{Archive, NewRecord, Space};
+use parley_storage::{ArchiveAppend, NewRecord, Space};
 
 use crate::chain::ChainWriter;
 use crate::clock::Clock;
@@ -15,9 +15,10 @@ use crate::entry::{Body, MessageRecord};
 /// XEP-0359 unique and stable stanza IDs.
 pub const NS_SID: &str = "urn:xmpp:sid:0";
 
-/// Records every message the router accepts: one chain entry (durable before `record` returns),
-/// the sender's and the local recipient's MAM copies in `Space::Mam`, and the recipient's
-/// XEP-0359 `<stanza-id/>` on the stanza.
+/// Records every message the router accepts: one chain entry plus the sender's and the local
+/// recipient's MAM copies in `Space::Mam`, all in ONE durable commit of the chain's batch (one
+/// storage job per chain batch, so a message costs no extra queue hop or fsync), and the
+/// recipient's XEP-0359 `<stanza-id/>` on the stanza.
 ///
 /// `Space::Mam` records: owner = the user's bare JID, `with` = the other party's bare JID,
 /// payload = the stanza's XML as accepted (with its `jabber:client` namespace), id = the
@@ -25,7 +26,6 @@ pub const NS_SID: &str = "urn:xmpp:sid:0";
 pub struct ArchiveStage {
     domain: BareJid,
     chain: ChainWriter,
-    mam: Arc<dyn Archive>,
     clock: Arc<dyn Clock>,
 }
 
@@ -38,40 +38,14 @@ impl std::fmt::Debug for ArchiveStage {
 }
 
 impl ArchiveStage {
-    pub fn new(domain: BareJid, chain: ChainWriter, mam: Arc<dyn Archive>, clock: Arc<dyn Clock>) -> Self {
-        Self {
-            domain,
-            chain,
-            mam,
-            clock,
-        }
+    pub fn new(domain: BareJid, chain: ChainWriter, clock: Arc<dyn Clock>) -> Self {
+        Self { domain, chain, clock }
     }
 
     /// The bare JID of `jid` when it is an account of this server (a localpart at our domain).
     fn local_account(&self, jid: Option<&Jid>) -> Option<BareJid> {
         let jid = jid?;
         (jid.node().is_some() && jid.domain() == self.domain.domain()).then(|| jid.to_bare())
-    }
-
-    async fn mam_copy(
-        &self,
-        owner: Option<&BareJid>,
-        with: &str,
-        ts: i64,
-        payload: &[u8],
-    ) -> Result<Option<u64>, parley_storage::StorageError> {
-        let Some(owner) = owner else {
-            return Ok(None);
-        };
-        let record = NewRecord {
-            timestamp_micros: ts,
-            with: with.to_owned(),
-            payload: payload.to_vec(),
-        };
-        self.mam
-            .append(Space::Mam, owner.as_str(), record)
-            .await
-            .map(Some)
     }
 }
 
@@ -94,16 +68,29 @@ impl ComplianceStage for ArchiveStage {
             .unwrap_or_default();
         let payload = record.stanza.clone().into_bytes();
         let ts = self.clock.now_micros();
-
-        let (chained, sender_copy, recipient_copy) = tokio::join!(
-            self.chain.append(Body::Message(record)),
-            self.mam_copy(sender.as_ref(), &to_bare, ts, &payload),
-            self.mam_copy(recipient.as_ref(), &from_bare, ts, &payload),
-        );
-        chained.map_err(|error| ComplianceError(error.to_string()))?;
-        sender_copy.map_err(|error| ComplianceError(format!("the sender's MAM copy: {error}")))?;
-        let recipient_id =
-            recipient_copy.map_err(|error| ComplianceError(format!("the recipient's MAM copy: {error}")))?;
+        let copy = |owner: &BareJid, with: String, payload: Vec<u8>| ArchiveAppend {
+            space: Space::Mam,
+            owner: owner.as_str().to_owned(),
+            record: NewRecord {
+                timestamp_micros: ts,
+                with,
+                payload,
+            },
+        };
+        let mut copies = Vec::with_capacity(2);
+        if let Some(sender) = &sender {
+            copies.push(copy(sender, to_bare, payload.clone()));
+        }
+        if let Some(recipient) = &recipient {
+            copies.push(copy(recipient, from_bare, payload));
+        }
+        let (_, ids) = self
+            .chain
+            .append_with_records(Body::Message(record), copies)
+            .await
+            .map_err(|error| ComplianceError(error.to_string()))?;
+        // The recipient's copy is the last one when there is a recipient.
+        let recipient_id = ids.last().copied().filter(|_| recipient.is_some());
         if let (Some(recipient), Some(id)) = (recipient, recipient_id) {
             let stamp = Element::builder("stanza-id", NS_SID)
                 .attr(parley_proto::stanza::attr_name("id"), id.to_string())

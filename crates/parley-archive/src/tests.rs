@@ -728,3 +728,33 @@ async fn exports_parse_with_real_readers_and_match_their_manifest() {
         ["export:csv", "export:jsonl", "export:eml", "export:mbox"]
     );
 }
+
+/// The chain entry and its MAM copies are one commit: when the chain's commit fails (here the
+/// head moved under it), no copy is stored either, and the message is refused.
+#[tokio::test]
+async fn a_failed_chain_commit_stores_no_mam_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    for store in [
+        Arc::new(MemoryStore::new()) as Arc<dyn Store>,
+        Arc::new(RedbStore::open(&dir.path().join("db.redb")).unwrap()),
+    ] {
+        let fixture = fixture_with(store, ArchiveOptions::default(), false).await;
+        record(&fixture, "alice@example.com/a", "bob@example.com", "first").await;
+        let mut moved = WriteBatch::new();
+        moved.put(Space::Meta, entry::META_OWNER, entry::HEAD_KEY, b"moved".to_vec());
+        fixture.store.apply(moved).await.unwrap();
+
+        let mut stanza = message("alice@example.com/a", "bob@example.com", "second");
+        let refused = fixture.archive.stage().record(&mut stanza).await;
+        assert!(refused.is_err(), "{refused:?}");
+        assert!(stanza.element().get_child("stanza-id", NS_SID).is_none());
+        for owner in ["alice@example.com", "bob@example.com"] {
+            let count = fixture
+                .store
+                .count(Space::Mam, owner, &ArchiveQuery::default())
+                .await
+                .unwrap();
+            assert_eq!(count, 1, "{owner} keeps only the first message's copy");
+        }
+    }
+}

@@ -19,9 +19,9 @@ pub use duration::{Duration, DurationError};
 pub use load::{ConfigError, ConfigErrorKind, ConfigErrors, ConfigWarning, Loaded, MAX_CONFIG_BYTES};
 pub use model::{
     AdminHttpConfig, ArchiveConfig, C2sConfig, Config, DirectoryBackend, DirectoryConfig,
-    KNOWN_SASL_MECHANISMS, LdapConfig, LdapGroupConfig, LdapMemberAttribute, LdapScope, LogConfig, LogFormat,
-    OfflineConfig, PrivateStorageConfig, RosterConfig, ServerConfig, SharedGroupConfig, StorageBackend,
-    StorageConfig, TlsConfig, VcardConfig,
+    KNOWN_SASL_MECHANISMS, LdapConfig, LdapGroupConfig, LdapMemberAttribute, LdapScope, LdapSyncrepl,
+    LogConfig, LogFormat, OfflineConfig, PrivateStorageConfig, RosterConfig, ServerConfig, SharedGroupConfig,
+    StorageBackend, StorageConfig, TlsConfig, VcardConfig,
 };
 pub use secret::{MAX_SECRET_FILE_BYTES, Secret, SecretError, SecretSource};
 pub use size::{ByteSize, ByteSizeError};

@@ -257,6 +257,18 @@ pub enum LdapScope {
     One,
 }
 
+/// Whether the change feed uses RFC 4533 syncrepl (refreshAndPersist).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LdapSyncrepl {
+    /// Use syncrepl when the server's root DSE lists the Sync Request control, polling
+    /// otherwise (the default).
+    #[default]
+    Auto,
+    /// Only poll (`modifyTimestamp`).
+    Off,
+}
+
 /// How a group entry names its members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LdapMemberAttribute {
@@ -346,7 +358,10 @@ pub struct LdapConfig {
     pub groups: Vec<LdapGroupConfig>,
     /// Name of the group in `groups` whose members are server administrators; empty means none.
     pub admin_group: String,
-    /// How often the directory is polled for changes (`modifyTimestamp`).
+    /// Whether changes are pushed by the server (RFC 4533 syncrepl) where it supports that.
+    pub syncrepl: LdapSyncrepl,
+    /// How often the directory is polled for changes (`modifyTimestamp`); with syncrepl
+    /// active, polling runs as a safety net at ten times this interval.
     pub poll_interval: Duration,
     /// How often every user and group is read again, which also finds deleted entries.
     pub full_sync_interval: Duration,
@@ -387,6 +402,7 @@ impl Default for LdapConfig {
             max_photo_size: ByteSize::kib(48),
             groups: Vec::new(),
             admin_group: String::new(),
+            syncrepl: LdapSyncrepl::Auto,
             poll_interval: Duration::from_secs(10),
             full_sync_interval: Duration::from_secs(300),
             page_size: 500,
@@ -691,5 +707,16 @@ mod tests {
         assert!(text.contains("max_stanza_size = \"256KiB\""), "{text}");
         let parsed: Config = toml::from_str(&text).unwrap();
         assert_eq!(parsed, config);
+    }
+
+    #[test]
+    fn ldap_syncrepl_is_auto_by_default_and_only_auto_or_off() {
+        assert_eq!(LdapConfig::default().syncrepl, LdapSyncrepl::Auto);
+        let off: LdapConfig = toml::from_str("syncrepl = \"off\"").unwrap();
+        assert_eq!(off.syncrepl, LdapSyncrepl::Off);
+        let auto: LdapConfig = toml::from_str("syncrepl = \"auto\"").unwrap();
+        assert_eq!(auto.syncrepl, LdapSyncrepl::Auto);
+        assert!(toml::from_str::<LdapConfig>("syncrepl = \"on\"").is_err());
+        assert!(toml::from_str::<LdapConfig>("syncrepl = true").is_err());
     }
 }

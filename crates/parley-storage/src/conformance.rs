@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::{ArchiveQuery, NewRecord, Space, StorageError, Store, WriteBatch};
+use crate::{ArchiveAppend, ArchiveQuery, MAX_WITH_LEN, NewRecord, Space, StorageError, Store, WriteBatch};
 
 /// Every semantic check, in sequence.
 pub async fn run_all<S: Store>(store: &S) {
@@ -20,6 +20,7 @@ pub async fn run_all<S: Store>(store: &S) {
     archive_out_of_order_timestamps(store).await;
     archive_isolation(store).await;
     archive_delete_before_and_ids(store).await;
+    combined_commit(store).await;
 }
 
 fn batch(build: impl FnOnce(&mut WriteBatch)) -> WriteBatch {
@@ -761,4 +762,107 @@ pub async fn concurrent_appends<S: Store>(store: Arc<S>, tasks: usize, per_task:
         total
     };
     assert_eq!(total, (tasks * per_task) as u64);
+}
+
+fn combined_append(owner: &str, timestamp_micros: i64) -> ArchiveAppend {
+    ArchiveAppend {
+        space: Space::Mam,
+        owner: owner.to_owned(),
+        record: record(timestamp_micros, "peer"),
+    }
+}
+
+/// `apply_and_append`: the batch and the records land together, or (on a failed expectation,
+/// on an oversized record) neither does.
+async fn combined_commit<S: Store>(store: &S) {
+    let all = ArchiveQuery {
+        limit: 100,
+        ..ArchiveQuery::default()
+    };
+    let before = store.append(Space::Mam, "joint-a", record(1, "x")).await.unwrap();
+    let committed = store
+        .apply_and_append(
+            batch(|b| {
+                b.expect(Space::Meta, "joint", "head", None)
+                    .put(Space::Meta, "joint", "head", b"1".to_vec());
+            }),
+            vec![
+                combined_append("joint-a", 10),
+                combined_append("joint-b", 10),
+                combined_append("joint-a", 11),
+            ],
+        )
+        .await
+        .unwrap();
+    let ids = committed.ids;
+    committed.visible.wait().await.unwrap();
+    assert_eq!(ids.len(), 3);
+    assert!(
+        before < ids[0] && ids.windows(2).all(|pair| pair[0] < pair[1]),
+        "{ids:?}"
+    );
+    assert_eq!(
+        store.get(Space::Meta, "joint", "head").await.unwrap(),
+        Some(b"1".to_vec())
+    );
+    let (a_ids, _) = page_ids(store, "joint-a", all.clone()).await;
+    assert_eq!(a_ids, [before, ids[0], ids[2]]);
+    let stored = store
+        .get_record(Space::Mam, "joint-b", ids[1])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((stored.timestamp_micros, stored.with.as_str()), (10, "peer"));
+
+    // A failed expectation: neither the write nor any record is stored.
+    let conflict = store
+        .apply_and_append(
+            batch(|b| {
+                b.expect(Space::Meta, "joint", "head", None)
+                    .put(Space::Meta, "joint", "head", b"2".to_vec());
+            }),
+            vec![combined_append("joint-c", 12)],
+        )
+        .await;
+    assert!(matches!(conflict, Err(StorageError::Conflict)), "{conflict:?}");
+    assert_eq!(
+        store.get(Space::Meta, "joint", "head").await.unwrap(),
+        Some(b"1".to_vec())
+    );
+    assert_eq!(store.count(Space::Mam, "joint-c", &all).await.unwrap(), 0);
+
+    // One oversized record refuses the whole commit before anything is written.
+    let mut oversized = combined_append("joint-d", 13);
+    oversized.record.with = "w".repeat(MAX_WITH_LEN + 1);
+    let refused = store
+        .apply_and_append(
+            batch(|b| {
+                b.put(Space::Meta, "joint", "other", b"x".to_vec());
+            }),
+            vec![combined_append("joint-d", 13), oversized],
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StorageError::TooLarge { what: "with", .. })),
+        "{refused:?}"
+    );
+    assert_eq!(store.get(Space::Meta, "joint", "other").await.unwrap(), None);
+    assert_eq!(store.count(Space::Mam, "joint-d", &all).await.unwrap(), 0);
+
+    // Only records, no writes; and a commit with nothing at all.
+    let only = store
+        .apply_and_append(WriteBatch::new(), vec![combined_append("joint-d", 14)])
+        .await
+        .unwrap();
+    // Two waiters on one commit both see it resolve.
+    let (first, second) = tokio::join!(only.visible.clone().wait(), only.visible.wait());
+    assert!(first.is_ok() && second.is_ok());
+    assert!(only.ids[0] > ids[2]);
+    assert_eq!(store.count(Space::Mam, "joint-d", &all).await.unwrap(), 1);
+    let nothing = store
+        .apply_and_append(WriteBatch::new(), Vec::new())
+        .await
+        .unwrap();
+    assert!(nothing.ids.is_empty());
+    nothing.visible.wait().await.unwrap();
 }

@@ -382,10 +382,79 @@ pub trait Archive: Send + Sync + 'static {
     ) -> Result<u64, StorageError>;
 }
 
-/// A complete backend: both traits.
-pub trait Store: KeyValue + Archive {}
+/// One archive record to append as part of [`Store::apply_and_append`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveAppend {
+    pub space: Space,
+    pub owner: String,
+    pub record: NewRecord,
+}
 
-impl<T: KeyValue + Archive> Store for T {}
+/// What [`Store::apply_and_append`] answers: the commit is durable; its records are queryable
+/// once [`Visible::wait`] returns (a backend may index them a moment after the fsync).
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The new records' ids, in the order they were given.
+    pub ids: Vec<u64>,
+    pub visible: Visible,
+}
+
+/// Resolves when a commit's records are visible to `query`, `count` and `get_record`.
+#[derive(Debug, Clone)]
+pub struct Visible(Option<tokio::sync::watch::Receiver<Option<Result<(), StorageError>>>>);
+
+impl Visible {
+    /// Already visible.
+    pub fn now() -> Self {
+        Visible(None)
+    }
+
+    pub(crate) fn pending() -> (tokio::sync::watch::Sender<Option<Result<(), StorageError>>>, Self) {
+        let (sender, receiver) = tokio::sync::watch::channel(None);
+        (sender, Visible(Some(receiver)))
+    }
+
+    /// Waits until the records are queryable. An error means they are durable but could not be
+    /// indexed now (the backend indexes them again when it is next opened).
+    pub async fn wait(self) -> Result<(), StorageError> {
+        let Some(mut receiver) = self.0 else {
+            return Ok(());
+        };
+        let outcome = receiver
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        outcome.clone().unwrap_or(Err(StorageError::Closed))
+    }
+}
+
+/// Most archive records in one [`Store::apply_and_append`].
+pub const MAX_COMMIT_APPENDS: usize = 65_536;
+
+/// A complete backend: both traits, plus the combined commit that lets one caller (the
+/// compliance chain) make its key-value writes and its archive records durable in one commit.
+#[async_trait::async_trait]
+pub trait Store: KeyValue + Archive {
+    /// Applies `batch` and appends `appends` (in order) atomically and durably: one commit, one
+    /// fsync. When an expectation of `batch` fails it answers [`StorageError::Conflict`] and
+    /// nothing, neither write nor record, is stored. Durable when it returns; the records are
+    /// queryable once the answer's [`Committed::visible`] resolves, so a caller that must commit
+    /// strictly one batch after another (the chain) need not wait for indexing.
+    async fn apply_and_append(
+        &self,
+        batch: WriteBatch,
+        appends: Vec<ArchiveAppend>,
+    ) -> Result<Committed, StorageError>;
+}
+
+/// Checks every size bound of a combined commit before anything is queued.
+pub(crate) fn validate_commit(batch: &WriteBatch, appends: &[ArchiveAppend]) -> Result<(), StorageError> {
+    batch.validate()?;
+    check_len("appends of one commit", appends.len(), MAX_COMMIT_APPENDS)?;
+    appends
+        .iter()
+        .try_for_each(|append| append.record.validate(&append.owner))
+}
 
 #[cfg(test)]
 mod tests {

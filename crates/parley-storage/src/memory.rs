@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::{
-    Archive, ArchivePage, ArchiveQuery, ArchiveRecord, KeyValue, NewRecord, Space, StorageError, WriteBatch,
-    WriteOp,
+    Archive, ArchiveAppend, ArchivePage, ArchiveQuery, ArchiveRecord, Committed, KeyValue, NewRecord, Space,
+    StorageError, Store, Visible, WriteBatch, WriteOp,
 };
 
 type KvKey = (Space, String, String);
@@ -70,7 +70,18 @@ impl KeyValue for MemoryStore {
 
     async fn apply(&self, batch: WriteBatch) -> Result<(), StorageError> {
         batch.validate()?;
-        let mut state = self.lock();
+        self.lock().apply(batch)
+    }
+
+    async fn flush(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
+impl State {
+    /// Applies a batch unless an expectation fails (then nothing is written).
+    fn apply(&mut self, batch: WriteBatch) -> Result<(), StorageError> {
+        let state = self;
         for expectation in &batch.expectations {
             let key = (
                 expectation.space,
@@ -102,17 +113,8 @@ impl KeyValue for MemoryStore {
         Ok(())
     }
 
-    async fn flush(&self) -> Result<(), StorageError> {
-        Ok(())
-    }
-}
-
-#[async_trait::async_trait]
-impl Archive for MemoryStore {
-    async fn append(&self, space: Space, owner: &str, record: NewRecord) -> Result<u64, StorageError> {
-        record.validate(owner)?;
-        let mut state = self.lock();
-        let last = state.last_id.entry(space).or_insert(0);
+    fn append(&mut self, space: Space, owner: &str, record: NewRecord) -> u64 {
+        let last = self.last_id.entry(space).or_insert(0);
         *last += 1;
         let id = *last;
         let stored = ArchiveRecord {
@@ -121,12 +123,40 @@ impl Archive for MemoryStore {
             with: record.with,
             payload: record.payload,
         };
-        state
-            .archive
+        self.archive
             .entry((space, owner.to_owned()))
             .or_default()
             .insert(id, stored);
-        Ok(id)
+        id
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for MemoryStore {
+    async fn apply_and_append(
+        &self,
+        batch: WriteBatch,
+        appends: Vec<ArchiveAppend>,
+    ) -> Result<Committed, StorageError> {
+        crate::validate_commit(&batch, &appends)?;
+        let mut state = self.lock();
+        state.apply(batch)?;
+        let ids = appends
+            .into_iter()
+            .map(|append| state.append(append.space, &append.owner, append.record))
+            .collect();
+        Ok(Committed {
+            ids,
+            visible: Visible::now(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Archive for MemoryStore {
+    async fn append(&self, space: Space, owner: &str, record: NewRecord) -> Result<u64, StorageError> {
+        record.validate(owner)?;
+        Ok(self.lock().append(space, owner, record))
     }
 
     async fn query(

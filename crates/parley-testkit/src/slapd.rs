@@ -66,12 +66,22 @@ impl Slapd {
 
     /// Starts a slapd seeded with the given LDIF files, in order.
     pub fn spawn_with(ldif_files: &[PathBuf]) -> anyhow::Result<Self> {
+        Self::spawn_seeded(ldif_files, true)
+    }
+
+    /// Starts a slapd seeded with `directory.ldif` but without the `syncprov` overlay, so it
+    /// offers no RFC 4533 syncrepl (like Active Directory): Parley must poll.
+    pub fn spawn_without_syncprov() -> anyhow::Result<Self> {
+        Self::spawn_seeded(&[fixtures_dir().join("directory.ldif")], false)
+    }
+
+    fn spawn_seeded(ldif_files: &[PathBuf], syncprov: bool) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("parley-slapd").tempdir()?;
         let ca = TestCa::generate(&dir.path().join("tls"), "localhost")?;
         let db = dir.path().join("db");
         std::fs::create_dir_all(&db)?;
         let conf = dir.path().join("slapd.conf");
-        std::fs::write(&conf, slapd_conf(dir.path(), &ca))?;
+        std::fs::write(&conf, slapd_conf(dir.path(), &ca, syncprov))?;
         for ldif in ldif_files {
             let output = Command::new(sbin_tool("slapadd"))
                 .arg("-f")
@@ -289,7 +299,9 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
 }
 
-fn slapd_conf(dir: &Path, ca: &TestCa) -> String {
+/// `syncprov` adds the overlay that answers RFC 4533 sync searches (and lists the Sync Request
+/// control in the root DSE).
+fn slapd_conf(dir: &Path, ca: &TestCa, syncprov: bool) -> String {
     let schema = |name: &str| format!("include /etc/ldap/schema/{name}.schema\n");
     let fixtures = fixtures_dir();
     format!(
@@ -297,7 +309,7 @@ fn slapd_conf(dir: &Path, ca: &TestCa) -> String {
          modulepath /usr/lib/ldap\n\
          moduleload back_mdb\n\
          moduleload ppolicy\n\
-         moduleload syncprov\n\
+         {syncprov_module}\
          pidfile {dir}/slapd.pid\n\
          TLSCACertificateFile {ca_file}\n\
          TLSCertificateFile {cert}\n\
@@ -309,7 +321,7 @@ fn slapd_conf(dir: &Path, ca: &TestCa) -> String {
          directory {dir}/db\n\
          maxsize 67108864\n\
          overlay ppolicy\n\
-         overlay syncprov\n\
+         {syncprov_overlay}\
          access to attrs=userPassword\n\
          \tby anonymous auth\n\
          \tby * none\n\
@@ -326,5 +338,7 @@ fn slapd_conf(dir: &Path, ca: &TestCa) -> String {
         ca_file = ca.ca_path.display(),
         cert = ca.cert_path.display(),
         key = ca.key_path.display(),
+        syncprov_module = if syncprov { "moduleload syncprov\n" } else { "" },
+        syncprov_overlay = if syncprov { "overlay syncprov\n" } else { "" },
     )
 }

@@ -13,20 +13,31 @@
 //!   yields the change feed: `UserDisabled` (entry left the filter), `UserRemoved` (entry gone),
 //!   `PersonChanged`, `GroupChanged`. A failed read changes nothing, so an outage never ends
 //!   sessions.
-//! - RFC 4533 syncrepl is not used: ldap3 0.12's sync controls panic on malformed input, and
-//!   polling works with every server, including Active Directory.
+//! - **Push**: with `syncrepl = "auto"` and a server whose root DSE lists the Sync Request
+//!   control (OpenLDAP with `syncprov`), RFC 4533 refreshAndPersist searches (the users, each
+//!   member-listing group) on a dedicated connection wake the same re-read-and-diff within about
+//!   200 ms of a change (see [`syncrepl`]); polling then runs only every 10 × `poll_interval` as
+//!   a safety net. If a sync search ends or fails, polling resumes its normal pace at once and
+//!   syncrepl is retried with backoff. Active Directory has no syncrepl and is polled.
+//! - **Malformed input**: ldap3 0.12 parses with `expect`/`panic!`. Sync Info messages are
+//!   parsed in our task under `catch_unwind` (a bad one ends the sync session: fall back to
+//!   polling). Message framing and controls are parsed in ldap3's connection task, which tokio
+//!   runs as its own task: a panic there ends that one connection (its searches fail, the
+//!   sync session falls back to polling), never the process. This relies on unwinding panics,
+//!   so no profile may set `panic = "abort"`.
 
 mod dn;
 mod filter;
 mod mapping;
 mod pool;
+mod syncrepl;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use ldap3::Scope;
-use parley_config::{LdapConfig, LdapScope};
+use parley_config::{LdapConfig, LdapScope, LdapSyncrepl};
 use tokio::sync::broadcast;
 
 pub use dn::normalize_dn;
@@ -38,6 +49,14 @@ use crate::{
     ScramCredentials, ScramHash, normalize_localpart,
 };
 use pool::{Failure, Pool};
+use syncrepl::Feed;
+pub use syncrepl::SYNC_REQUEST_OID;
+
+/// Quiet time after a pushed change before re-reading, so a burst of changes costs one read.
+const PUSH_DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// With syncrepl active, polling runs this many times less often, as a safety net.
+const SAFETY_POLL_FACTOR: u32 = 10;
 
 /// Attributes that tell whether an entry changed: the timestamp (seconds) plus the finer
 /// change counters of OpenLDAP (`entryCSN`) and Active Directory (`uSNChanged`).
@@ -61,6 +80,8 @@ struct Inner {
     snapshot: RwLock<Arc<Snapshot>>,
     sync: tokio::sync::Mutex<SyncState>,
     changes: broadcast::Sender<DirectoryChange>,
+    /// Shared with the syncrepl task: whether it is active, and its change notifications.
+    feed: Arc<Feed>,
 }
 
 /// The LDAP directory backend. Cheap to clone; background tasks stop when the last clone drops.
@@ -90,6 +111,7 @@ impl LdapDirectory {
                 snapshot: RwLock::new(Arc::new(Snapshot::default())),
                 sync: tokio::sync::Mutex::new(SyncState::default()),
                 changes,
+                feed: Arc::new(Feed::default()),
             }),
         })
     }
@@ -109,8 +131,13 @@ impl LdapDirectory {
     fn spawn_background_tasks(&self) {
         let poll_every = self.inner.config.poll_interval.get();
         let full_every = self.inner.config.full_sync_interval.get();
+        let feed = self.inner.feed.clone();
         let weak = Arc::downgrade(&self.inner);
-        tokio::spawn(poll_loop(weak, poll_every, full_every));
+        tokio::spawn(poll_loop(weak, poll_every, full_every, feed.clone()));
+        if self.inner.config.syncrepl == LdapSyncrepl::Auto {
+            let weak = Arc::downgrade(&self.inner);
+            tokio::spawn(syncrepl::syncrepl_loop(weak, feed));
+        }
         let health_every = self.inner.config.health_check_interval.get();
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
@@ -130,6 +157,11 @@ impl LdapDirectory {
     /// The people, groups and mapping problems of the last successful read.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.inner.current()
+    }
+
+    /// Whether changes are currently pushed by RFC 4533 syncrepl (false: polling).
+    pub fn syncrepl_active(&self) -> bool {
+        self.inner.feed.is_active()
     }
 
     /// Each configured server and whether it is currently considered up.
@@ -159,22 +191,33 @@ impl LdapDirectory {
     }
 }
 
-async fn poll_loop(weak: Weak<Inner>, poll_every: Duration, full_every: Duration) {
+/// Re-reads the directory when syncrepl reports a change (debounced), and otherwise polls
+/// every `poll_every` (every `SAFETY_POLL_FACTOR × poll_every` while syncrepl is active), with a
+/// full read every `full_every`.
+async fn poll_loop(weak: Weak<Inner>, poll_every: Duration, full_every: Duration, feed: Arc<Feed>) {
     let mut last_full = Instant::now();
+    let mut last_poll = Instant::now();
     loop {
-        tokio::time::sleep(poll_every).await;
+        let pushed = tokio::select! {
+            () = tokio::time::sleep(poll_every) => false,
+            () = feed.changed.notified() => true,
+        };
+        if pushed {
+            tokio::time::sleep(PUSH_DEBOUNCE).await;
+        }
         let Some(inner) = weak.upgrade() else { return };
-        let result = if last_full.elapsed() >= full_every {
+        let full_due = last_full.elapsed() >= full_every;
+        let result = if pushed || full_due {
             inner.full_sync().await.map(|_| ())
+        } else if feed.is_active() && last_poll.elapsed() < poll_every * SAFETY_POLL_FACTOR {
+            continue;
         } else {
+            last_poll = Instant::now();
             inner.poll().await
         };
         match result {
-            Ok(()) => {
-                if last_full.elapsed() >= full_every {
-                    last_full = Instant::now();
-                }
-            }
+            Ok(()) if pushed || full_due => last_full = Instant::now(),
+            Ok(()) => {}
             Err(error) => tracing::debug!(%error, "LDAP change poll failed; the snapshot is kept"),
         }
     }

@@ -199,6 +199,31 @@ impl Pool {
         }))
     }
 
+    /// A new service connection to the first server that is up, outside the search set: for
+    /// a long-running operation (the syncrepl search) that must not occupy a search connection.
+    pub async fn open_dedicated(&self) -> Result<Ldap, DirectoryError> {
+        let mut last_failure = None;
+        for (index, server) in self.servers.iter().enumerate() {
+            if server.down.load(Ordering::Relaxed) {
+                continue;
+            }
+            match self.open_service(&server.url).await {
+                Ok(ldap) => return Ok(ldap),
+                Err(Failure::Server(reason)) => {
+                    self.mark_down(index, &reason);
+                    last_failure = Some(reason);
+                }
+                Err(Failure::Answer { code, text }) => {
+                    return Err(DirectoryError::Unavailable(format!("LDAP error {code}: {text}")));
+                }
+            }
+        }
+        Err(DirectoryError::Unavailable(match last_failure {
+            Some(reason) => format!("no LDAP server answered (last: {reason})"),
+            None => "every LDAP server is marked down".to_owned(),
+        }))
+    }
+
     /// Checks `password` by binding as `dn` on a fresh connection to server `index`.
     /// Ok(false) for a wrong password or any refusal by the server.
     pub async fn user_bind(&self, index: usize, dn: &str, password: &str) -> Result<bool, DirectoryError> {
