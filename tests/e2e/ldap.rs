@@ -405,6 +405,9 @@ async fn directory_check_reports_matches_problems_and_one_user() {
         "user \"alice\": uid=alice,ou=people,dc=example,dc=com",
         "title: Staff Engineer",
         "admin: yes",
+        "vCard, as clients see it:",
+        "<FN>Alice Liddell</FN>",
+        "<TITLE>Staff Engineer</TITLE>",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }

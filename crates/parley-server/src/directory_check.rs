@@ -29,7 +29,10 @@ pub async fn run(config: &Config, user: Option<&str>, out: &mut impl Write) -> a
             }
             if let Some(name) = user {
                 match directory.person(name).await? {
-                    Some(person) => print_person(out, &person, domain)?,
+                    Some(person) => {
+                        print_person(out, &person, domain)?;
+                        print_vcard(out, &directory, &person, domain).await?;
+                    }
                     None => writeln!(out, "user {name:?}: not found")?,
                 }
             }
@@ -87,6 +90,7 @@ async fn check_ldap(config: &Config, user: Option<&str>, out: &mut impl Write) -
             Some(found) => {
                 writeln!(out, "user {name:?}: {}", found.dn)?;
                 print_person(out, &found.person, domain)?;
+                print_vcard(out, &directory, &found.person, domain).await?;
                 writeln!(out, "  attributes read:")?;
                 for (attribute, values) in &found.attributes {
                     writeln!(out, "    {attribute}: {}", values.join(" | "))?;
@@ -94,6 +98,32 @@ async fn check_ldap(config: &Config, user: Option<&str>, out: &mut impl Write) -
             }
         }
     }
+    Ok(())
+}
+
+/// The vCard clients get for this person (XEP-0054), built exactly as the server builds it; a
+/// photo's data is shortened to its size.
+async fn print_vcard(
+    out: &mut impl Write,
+    directory: &dyn parley_directory::Directory,
+    person: &Person,
+    domain: &str,
+) -> anyhow::Result<()> {
+    let profile = directory.profile(&person.localpart).await?.unwrap_or_default();
+    let jid =
+        parley_proto::BareJid::new(&format!("{}@{domain}", person.localpart)).context("the user's JID")?;
+    let vcard = parley_im::directory_vcard::vcard_of(person, &profile, &jid, None);
+    let mut xml = Vec::new();
+    parley_proto::writer::write_element(&vcard, &mut xml);
+    let mut text = String::from_utf8_lossy(&xml).into_owned();
+    if let (Some(start), Some(end)) = (text.find("<BINVAL>"), text.find("</BINVAL>")) {
+        let length = end - start - "<BINVAL>".len();
+        text.replace_range(
+            start + "<BINVAL>".len()..end,
+            &format!("…{length} bytes of base64…"),
+        );
+    }
+    writeln!(out, "  vCard, as clients see it:\n    {text}")?;
     Ok(())
 }
 
