@@ -27,7 +27,7 @@ async fn server_with(tweak: impl FnOnce(&mut Config) + Send + 'static) -> TestSe
 /// `user` (password `<user>-secret`) logged in over STARTTLS with PLAIN and bound to `resource`.
 async fn bound(server: &TestServer, user: &str, resource: &str) -> RawClient {
     let mut client = server.raw().await;
-    let jid = client.sign_in(user, &format!("{user}-secret"), resource).await;
+    let jid = client.login(user, &format!("{user}-secret"), resource).await;
     assert_eq!(jid, format!("{user}@{}/{resource}", server.domain()));
     client
 }

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use parley_archive::{ArchiveOptions, ComplianceArchive, ExportFormat, SearchFilter, SystemClock, rfc3339};
-use parley_config::{Config, DirectoryBackend, StorageBackend};
-use parley_directory::{Directory, LdapDirectory, StaticDirectory};
+use parley_config::{Config, StorageBackend};
 use parley_proto::BareJid;
 use parley_storage::{RedbStore, Store};
 
@@ -179,24 +178,6 @@ fn parse_time(text: &str, end_of_day: bool) -> anyhow::Result<i64> {
     i64::try_from(at.unix_timestamp_nanos() / 1000).context("the time is out of range")
 }
 
-async fn open_directory(config: &Config) -> anyhow::Result<Arc<dyn Directory>> {
-    Ok(match config.directory.backend {
-        DirectoryBackend::Static => {
-            let path = config.static_directory_path();
-            Arc::new(
-                StaticDirectory::open(&path)
-                    .await
-                    .with_context(|| format!("opening the user file {}", path.display()))?,
-            )
-        }
-        DirectoryBackend::Ldap => Arc::new(
-            LdapDirectory::start(&config.ldap)
-                .await
-                .context("setting up the LDAP directory")?,
-        ),
-    })
-}
-
 async fn open(config: &Config) -> anyhow::Result<Arc<ComplianceArchive>> {
     anyhow::ensure!(
         config.storage.backend == StorageBackend::Redb,
@@ -210,7 +191,7 @@ async fn open(config: &Config) -> anyhow::Result<Arc<ComplianceArchive>> {
             path.display()
         )
     })?);
-    let directory = open_directory(config).await?;
+    let directory = parley_server::open_directory(config).await?;
     let domain = BareJid::new(&config.server.domain).context("server.domain is not a valid domain")?;
     Ok(ComplianceArchive::open(
         store,

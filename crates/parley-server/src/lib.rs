@@ -44,6 +44,25 @@ impl Accounts for DirectoryAccounts {
     }
 }
 
+/// The configured directory backend, started.
+pub async fn open_directory(config: &Config) -> anyhow::Result<Arc<dyn Directory>> {
+    Ok(match config.directory.backend {
+        DirectoryBackend::Static => {
+            let path = config.static_directory_path();
+            Arc::new(
+                StaticDirectory::open(&path)
+                    .await
+                    .with_context(|| format!("opening the user file {}", path.display()))?,
+            )
+        }
+        DirectoryBackend::Ldap => Arc::new(
+            LdapDirectory::start(&config.ldap)
+                .await
+                .context("setting up the LDAP directory")?,
+        ),
+    })
+}
+
 /// A started server.
 pub struct RunningServer {
     pub router: Router,
@@ -113,21 +132,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         }
         StorageBackend::Memory => Arc::new(MemoryStore::new()),
     };
-    let directory: Arc<dyn Directory> = match config.directory.backend {
-        DirectoryBackend::Static => {
-            let path = config.static_directory_path();
-            Arc::new(
-                StaticDirectory::open(&path)
-                    .await
-                    .with_context(|| format!("opening the user file {}", path.display()))?,
-            )
-        }
-        DirectoryBackend::Ldap => Arc::new(
-            LdapDirectory::start(&config.ldap)
-                .await
-                .context("setting up the LDAP directory")?,
-        ),
-    };
+    let directory = open_directory(config).await?;
 
     let archive = ComplianceArchive::open(
         store.clone(),

@@ -143,16 +143,16 @@ impl RawClient {
         ))
         .await;
         // `<success/>` may be self-closing or carry additional data; `<failure>` has a child.
-        let mut answer = self.expect("xmlns='urn:ietf:params:xml:ns:xmpp-sasl'").await;
-        loop {
-            answer += &self.expect(">").await;
-            if answer.ends_with("/>") && answer.matches('<').count() == 1
-                || answer.contains("</success>")
-                || answer.contains("</failure>")
-            {
-                return answer;
-            }
+        let sasl = "xmlns='urn:ietf:params:xml:ns:xmpp-sasl'";
+        let head = self.expect(sasl).await;
+        if head.contains("<failure") {
+            return head + &self.expect("</failure>").await;
         }
+        let tag_end = self.expect(">").await;
+        if tag_end.ends_with("/>") {
+            return head + &tag_end;
+        }
+        head + &tag_end + &self.expect("</success>").await
     }
 
     /// STARTTLS, PLAIN, stream restart and bind; returns the bound full JID.

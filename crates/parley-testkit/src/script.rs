@@ -1,14 +1,10 @@
 //! Sent/expected scripts for [`RawClient`]: a test reads as the conversation on the wire.
 //!
-//! Owns: [`Step`] and [`RawClient::run`], a PLAIN login that accepts either form of `<success/>`
-//! ([`RawClient::sign_in`]), and a few small readers of what the server sent (attribute values,
-//! silence). Must not touch: the server; it only talks over the socket.
+//! Owns: [`Step`] and [`RawClient::run`], and a few small readers of what the server sent
+//! (attribute values, silence). Must not touch: the server; it only talks over the socket.
 
 use crate::RawClient;
-use base64::Engine;
 use std::time::Duration;
-
-const SASL_NS: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 
 /// One line of a conversation with the server.
 #[derive(Debug, Clone, Copy)]
@@ -36,43 +32,6 @@ impl RawClient {
             }
         }
         received
-    }
-
-    /// SASL PLAIN (after STARTTLS); returns the server's whole answer, `<success .../>` (either
-    /// form) or `<failure>...</failure>`.
-    pub async fn sasl_plain(&mut self, user: &str, password: &str) -> String {
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-        self.send(&format!(
-            "<auth xmlns='{SASL_NS}' mechanism='PLAIN'>{token}</auth>"
-        ))
-        .await;
-        let head = self.expect(&format!("xmlns='{SASL_NS}'")).await;
-        if head.contains("<failure") {
-            return head + &self.expect("</failure>").await;
-        }
-        let tag_end = self.expect(">").await;
-        if tag_end.ends_with("/>") {
-            return head + &tag_end;
-        }
-        head + &tag_end + &self.expect("</success>").await
-    }
-
-    /// STARTTLS, PLAIN, stream restart and bind of `resource`; returns the bound full JID.
-    pub async fn sign_in(&mut self, user: &str, password: &str, resource: &str) -> String {
-        self.starttls().await;
-        let answer = self.sasl_plain(user, password).await;
-        assert!(answer.contains("<success"), "authentication failed: {answer}");
-        self.open_stream().await;
-        self.send(&format!(
-            "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>"
-        ))
-        .await;
-        let reply = self.expect("</iq>").await;
-        let jid = reply
-            .split_once("<jid>")
-            .and_then(|(_, rest)| rest.split_once("</jid>"));
-        jid.map(|(jid, _)| jid.to_owned())
-            .unwrap_or_else(|| panic!("no bound JID in {reply}"))
     }
 
     /// Fails if anything other than whitespace arrives within `wait`.

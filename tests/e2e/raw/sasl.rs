@@ -189,7 +189,7 @@ async fn abort_mid_exchange_is_aborted() {
     );
     client.send(&format!("<abort xmlns='{SASL_NS}'/>")).await;
     expect_failure(&mut client, "aborted").await;
-    let answer = client.sasl_plain("alice", "alice-secret").await;
+    let answer = client.auth_plain("alice", "alice-secret").await;
     assert!(answer.contains("<success"), "retry after abort: {answer}");
 }
 

@@ -172,7 +172,7 @@ async fn too_many_resources_is_resource_constraint() {
     second.starttls().await;
     assert!(
         second
-            .sasl_plain("alice", "alice-secret")
+            .auth_plain("alice", "alice-secret")
             .await
             .contains("<success")
     );

@@ -288,7 +288,7 @@ async fn stanza_before_bind_is_not_authorized() {
     client.starttls().await;
     assert!(
         client
-            .sasl_plain("alice", "alice-secret")
+            .auth_plain("alice", "alice-secret")
             .await
             .contains("<success")
     );
