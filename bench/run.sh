@@ -5,15 +5,24 @@
 #   bench/run.sh idle --sessions 1000 --hold 30s
 #   bench/run.sh login-storm --sessions 5000 --concurrency 50
 #   bench/run.sh chat --sessions 1000 --rate 5000 --duration 30s
+#   bench/run.sh roster-login --sessions 2000 --group-size 500
 #
 # Everything targets 127.0.0.1 and every step is bounded by `timeout`. SERVERS (default
-# "parley prosody ejabberd") picks the servers; TLS=starttls|direct, MECH=SCRAM-SHA-256 (default).
-# login-storm reuses at most STORM_USERS (default 1000) accounts round-robin.
+# "parley prosody ejabberd") picks the servers; prosody_mam and ejabberd_mam are the peers with
+# their message archive (MAM) on, since Parley always archives. TLS=starttls|direct,
+# MECH=SCRAM-SHA-256 (default). login-storm reuses at most STORM_USERS (default 1000) accounts
+# round-robin. The server runs pinned to SERVER_CPUS (default 0) and parley-load to LOAD_CPUS
+# (default 1) with taskset; PIN=0 turns pinning off. MD_OUT=file appends the table as Markdown.
+# PARLEY_BIN and LOAD_BIN override the binaries (default: target/release/parley, parley-load).
+# PROFILE=file records a perf profile of Parley (PROFILE_SECONDS after PROFILE_DELAY).
+# Accounts are in shared groups of GROUP_SIZE (default 500, or --group-size) members; only
+# roster-login turns the shared groups on.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-LOAD=$ROOT/target/release/parley-load
-SCENARIO=${1:?usage: bench/run.sh idle|login-storm|chat [scenario args]}
+LOAD=${LOAD_BIN:-$ROOT/target/release/parley-load}
+PARLEY_BIN=${PARLEY_BIN:-$ROOT/target/release/parley}
+SCENARIO=${1:?usage: bench/run.sh idle|login-storm|chat|roster-login [scenario args]}
 shift
 ARGS=("$@")
 SERVERS=${SERVERS:-parley prosody ejabberd}
@@ -24,9 +33,20 @@ RUN_TIMEOUT=${RUN_TIMEOUT:-900}
 [[ -x $LOAD ]] || { echo "build first: cargo build -p parley-bench --release" >&2; exit 1; }
 
 sessions=
+GROUP_SIZE=${GROUP_SIZE:-500}
 for ((i = 0; i < ${#ARGS[@]}; i++)); do
     [[ ${ARGS[i]} == --sessions ]] && sessions=${ARGS[i + 1]:-}
+    [[ ${ARGS[i]} == --group-size ]] && GROUP_SIZE=${ARGS[i + 1]:-}
 done
+[[ $GROUP_SIZE =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: bad group size" >&2; exit 1; }
+GROUPS_ON=0
+[[ $SCENARIO == roster-login ]] && GROUPS_ON=1
+
+# Server and load generator on separate cores (children inherit the affinity).
+SERVER_PIN=() LOAD_PIN=()
+if [[ ${PIN:-1} == 1 ]] && command -v taskset >/dev/null && (($(nproc) >= 2)); then
+    SERVER_PIN=(taskset -c "${SERVER_CPUS:-0}") LOAD_PIN=(taskset -c "${LOAD_CPUS:-1}")
+fi
 [[ $sessions =~ ^[0-9]+$ ]] || { echo "run.sh: --sessions N is required" >&2; exit 1; }
 users=$sessions
 [[ $SCENARIO == login-storm ]] && users=$((sessions < ${STORM_USERS:-1000} ? sessions : ${STORM_USERS:-1000}))
@@ -36,7 +56,7 @@ users=$sessions
 # openssl; users are imported in one write with `parley user import`.
 PARLEY_DIR=${PARLEY_RUN_DIR:-/tmp/parley-bench/parley}
 parley_start() {
-    [[ -x $ROOT/target/release/parley ]] || { echo "parley: build it with cargo build --release -p parley-server" >&2; return 1; }
+    [[ -x $PARLEY_BIN ]] || { echo "parley: build it with cargo build --release -p parley-server" >&2; return 1; }
     PORT=${PARLEY_PORT:-5222}
     mkdir -p "$PARLEY_DIR/certs"
     if [[ ! -f $PARLEY_DIR/certs/cert.pem ]]; then
@@ -58,8 +78,19 @@ parley_start() {
         '[c2s]' "starttls_listen = [\"127.0.0.1:$PORT\"]" "direct_tls_listen = [\"127.0.0.1:$((PORT + 1))\"]" \
         'max_connections_per_ip = 1000000' \
         '[admin_http]' '[log]' 'level = "warn"' > "$PARLEY_DIR/parley.toml"
+    if ((GROUPS_ON)); then
+        printf '[roster]\nmax_shared_contacts = 100000\nshared_groups = [' >> "$PARLEY_DIR/parley.toml"
+        for ((g = 1; g <= (users + GROUP_SIZE - 1) / GROUP_SIZE; g++)); do
+            printf '{ group = "g%d", name = "Team %d" }, ' "$g" "$g"
+        done >> "$PARLEY_DIR/parley.toml"
+        printf ']\n' >> "$PARLEY_DIR/parley.toml"
+    fi
     parley_users "$users" || return 1
-    "$ROOT/target/release/parley" --config "$PARLEY_DIR/parley.toml" serve > "$PARLEY_DIR/parley.log" 2>&1 &
+    # Fresh database per run (users.toml, the account file, is kept): every run starts with an
+    # empty archive, like the peers' fresh stores.
+    rm -f "$PARLEY_DIR/data/parley.redb"
+    "${SERVER_PIN[@]}" "$PARLEY_BIN" --config "$PARLEY_DIR/parley.toml" serve \
+        > "$PARLEY_DIR/parley.log" 2>&1 &
     PID=$!
     CA=$PARLEY_DIR/certs/ca.crt
     for _ in $(seq 50); do
@@ -70,34 +101,83 @@ parley_start() {
     cat "$PARLEY_DIR/parley.log" >&2
     return 1
 }
-# Imports user1..userN (passN) once; an existing user file with as many accounts is reused.
+# Writes user1..userN (passN, in group g<(n-1)/GROUP_SIZE+1>) once; an existing user file with
+# as many accounts and the same group size is reused. By default the static directory's
+# users.toml is written here with SCRAM-SHA-256 credentials only (salt, 4096 iterations,
+# StoredKey, ServerKey: the same credentials Prosody's accounts get from prosody.sh), because
+# `parley user import` also derives an argon2id hash per account (~0.2 s each on this machine:
+# an hour for 19,000 accounts). PARLEY_IMPORT=1 uses `parley user import` (lines
+# `userN passN groups=gK`) instead.
 parley_users() {
-    local have=0
-    [[ -f $PARLEY_DIR/data/users.toml ]] && have=$(grep -c '^\[\[user\]\]' "$PARLEY_DIR/data/users.toml")
-    (( have >= $1 )) && return 0
-    rm -rf "$PARLEY_DIR/data"
-    seq 1 "$1" | awk '{print "user" $1 " pass" $1}' \
-        | timeout 1800 "$ROOT/target/release/parley" --config "$PARLEY_DIR/parley.toml" user import - >/dev/null
+    local have=0 spec="accounts $1 group-size $GROUP_SIZE"
+    [[ -f $PARLEY_DIR/data/users.toml && -f $PARLEY_DIR/users.spec ]] \
+        && have=$(grep -c '^\[\[user\]\]' "$PARLEY_DIR/data/users.toml")
+    if (( have >= $1 )) && [[ $(cut -d' ' -f3- "$PARLEY_DIR/users.spec") == "group-size $GROUP_SIZE" ]]; then
+        return 0
+    fi
+    rm -rf "$PARLEY_DIR/data" "$PARLEY_DIR/users.spec"
+    mkdir -p "$PARLEY_DIR/data"
+    if [[ ${PARLEY_IMPORT:-0} == 1 ]]; then
+        seq 1 "$1" | awk -v g="$GROUP_SIZE" '{print "user" $1 " pass" $1 " groups=g" int(($1 - 1) / g) + 1}' \
+            | timeout 3600 "$PARLEY_BIN" --config "$PARLEY_DIR/parley.toml" user import - >/dev/null \
+            || return 1
+    else
+        timeout 600 python3 - "$PARLEY_DIR/data/users.toml" "$1" "$GROUP_SIZE" <<'PY' || return 1
+import base64, hashlib, hmac, os, sys
+path, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+b64 = lambda b: base64.b64encode(b).decode()
+with open(path + ".tmp", "w") as out:
+    for n in range(1, count + 1):
+        salt = os.urandom(16)
+        salted = hashlib.pbkdf2_hmac("sha256", f"pass{n}".encode(), salt, 4096)
+        stored = hashlib.sha256(hmac.new(salted, b"Client Key", "sha256").digest()).digest()
+        server = hmac.new(salted, b"Server Key", "sha256").digest()
+        out.write(f'[[user]]\nlocalpart = "user{n}"\ngroups = ["g{(n - 1) // size + 1}"]\n\n'
+                  f'[user.scram_sha256]\nsalt = "{b64(salt)}"\niterations = 4096\n'
+                  f'stored_key = "{b64(stored)}"\nserver_key = "{b64(server)}"\n\n')
+os.chmod(path + ".tmp", 0o600)
+os.rename(path + ".tmp", path)
+PY
+    fi
+    echo "$spec" > "$PARLEY_DIR/users.spec"
 }
-parley_stop() { [[ -n ${PID:-} ]] && kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true; }
+# SIGTERM, then SIGKILL after 15 s: a server stuck in a fan-out storm must not stall the run.
+parley_stop() {
+    [[ -n ${PID:-} ]] || return 0
+    kill "$PID" 2>/dev/null
+    for _ in $(seq 150); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$PID" 2>/dev/null && { echo "parley: still running 15 s after SIGTERM; killed" >&2; kill -9 "$PID"; }
+    wait "$PID" 2>/dev/null || true
+}
 # ---------------------------------------------------------------------------------------------
 
 prosody_start() {
     timeout 120 "$ROOT/bench/peers/prosody.sh" users "$users" || return 1
-    timeout 60 "$ROOT/bench/peers/prosody.sh" start || return 1
+    timeout 60 "$ROOT/bench/peers/prosody.sh" groups "$users" "$((GROUPS_ON ? GROUP_SIZE : 0))" || return 1
+    timeout 60 "${SERVER_PIN[@]}" "$ROOT/bench/peers/prosody.sh" start || return 1
     PORT=${PROSODY_PORT:-5322}; CA=${PROSODY_RUN_DIR:-/tmp/parley-bench/prosody}/certs/ca.crt
     PID=$("$ROOT/bench/peers/prosody.sh" pid)
 }
 prosody_users() { :; } # written before start, see prosody_start
 prosody_stop() { timeout 30 "$ROOT/bench/peers/prosody.sh" stop; }
+prosody_mam_start() { PROSODY_MAM=1 prosody_start; }
+prosody_mam_users() { :; }
+prosody_mam_stop() { prosody_stop; }
 
 ejabberd_start() {
-    timeout 120 "$ROOT/bench/peers/ejabberd.sh" start || return 1
+    EJABBERD_GROUPS=$GROUPS_ON timeout 120 "${SERVER_PIN[@]}" "$ROOT/bench/peers/ejabberd.sh" start || return 1
     PORT=${EJABBERD_PORT:-5422}; CA=${EJABBERD_RUN_DIR:-/tmp/parley-bench/ejabberd}/certs/ca.crt
     PID=$("$ROOT/bench/peers/ejabberd.sh" pid)
 }
-ejabberd_users() { timeout 900 "$ROOT/bench/peers/ejabberd.sh" users "$1"; }
+ejabberd_users() {
+    timeout 900 "$ROOT/bench/peers/ejabberd.sh" users "$1" || return 1
+    ((GROUPS_ON)) || return 0
+    timeout 900 "$ROOT/bench/peers/ejabberd.sh" groups "$1" "$GROUP_SIZE"
+}
 ejabberd_stop() { timeout 60 "$ROOT/bench/peers/ejabberd.sh" stop; }
+ejabberd_mam_start() { EJABBERD_MAM=1 ejabberd_start; }
+ejabberd_mam_users() { ejabberd_users "$@"; }
+ejabberd_mam_stop() { ejabberd_stop; }
 
 declare -A RESULT
 ran=()
@@ -109,9 +189,18 @@ for server in $SERVERS; do
     port=$PORT
     [[ $TLS == direct ]] && port=$((PORT + 1))
     extra=()
-    [[ $SCENARIO == idle ]] && extra=(--server-pid "$PID")
-    out=$(timeout "$RUN_TIMEOUT" "$LOAD" --host 127.0.0.1 --port "$port" --tls "$TLS" --mech "$MECH" \
-        --ca "$CA" --user-count "$users" "$SCENARIO" "${ARGS[@]}" "${extra[@]}" | tee /dev/stderr)
+    [[ $SCENARIO == idle || $SCENARIO == roster-login ]] && extra=(--server-pid "$PID")
+    profiler=
+    if [[ -n ${PROFILE:-} && $server == parley ]] && command -v perf >/dev/null; then
+        # Timer-based sampling (cpu-clock works in VMs without hardware counters), started
+        # after PROFILE_DELAY seconds so the login ramp is left out.
+        (sleep "${PROFILE_DELAY:-15}"; timeout 120 perf record -e cpu-clock -F 999 -p "$PID" -o "$PROFILE" \
+            -- sleep "${PROFILE_SECONDS:-10}") >/dev/null 2>&1 &
+        profiler=$!
+    fi
+    out=$(timeout "$RUN_TIMEOUT" "${LOAD_PIN[@]}" "$LOAD" --host 127.0.0.1 --port "$port" --tls "$TLS" --mech "$MECH" \
+        --ca "$CA" --user-count "$users" "$SCENARIO" "${ARGS[@]}" "${extra[@]}" | tee -a /dev/stderr)
+    [[ -n $profiler ]] && wait "$profiler"
     "${server}_stop"
     line=$(grep '^RESULT ' <<<"$out" | tail -1)
     [[ -n $line ]] || { echo "=== $server: no result" >&2; continue; }
@@ -140,3 +229,31 @@ for k in $keys; do
     done
     echo
 done
+
+# The same table in Markdown, for docs/benchmarks.md.
+if [[ -n ${MD_OUT:-} ]]; then
+    {
+        echo
+        echo "\`bench/run.sh $SCENARIO ${ARGS[*]}\` (ratio = peer / Parley)"
+        echo
+        printf '| metric |'; for s in "${ran[@]}"; do printf ' %s |' "$s"; done
+        for s in "${ran[@]}"; do [[ $s != parley ]] && printf ' %s/parley |' "$s"; done; echo
+        printf '|---|'; for s in "${ran[@]}"; do printf -- '---:|'; done
+        for s in "${ran[@]}"; do [[ $s != parley ]] && printf -- '---:|'; done; echo
+        for k in $keys; do
+            printf '| %s |' "$k"
+            for s in "${ran[@]}"; do printf ' %s |' "${RESULT[$s.$k]:-na}"; done
+            base=${RESULT[parley.$k]:-}
+            for s in "${ran[@]}"; do
+                [[ $s == parley ]] && continue
+                v=${RESULT[$s.$k]:-}
+                if [[ $base =~ ^[0-9.]+$ && $v =~ ^[0-9.]+$ ]] && awk "BEGIN{exit !($base > 0)}"; then
+                    printf ' %s |' "$(awk "BEGIN{printf \"%.2fx\", $v / $base}")"
+                else
+                    printf ' na |'
+                fi
+            done
+            echo
+        done
+    } >> "$MD_OUT"
+fi

@@ -3,11 +3,16 @@
 #
 #   bench/peers/ejabberd.sh start      install if missing, write config + certs, start in background
 #   bench/peers/ejabberd.sh users N    create user1..userN / pass1..passN (server must be running)
+#   bench/peers/ejabberd.sh groups N G put user1..userN in shared roster groups g1, g2, ... of G
+#                                      members each (EJABBERD_GROUPS=1 at start; server running)
 #   bench/peers/ejabberd.sh stop
 #   bench/peers/ejabberd.sh pid|env    print the Erlang VM's pid (beam.smp) / parley-load settings
 #
 # Settings: EJABBERD_RUN_DIR (default /tmp/parley-bench/ejabberd), EJABBERD_PORT (STARTTLS, default
-# 5422; direct TLS on PORT+1), EJABBERD_DOMAIN (default localhost).
+# 5422; direct TLS on PORT+1), EJABBERD_DOMAIN (default localhost), EJABBERD_MAM=1 (mod_mam on,
+# archiving every chat message in Mnesia, ejabberd's default store), EJABBERD_GROUPS=1
+# (mod_shared_roster, and mod_http_api on 127.0.0.1:PORT+2 to create the groups: one HTTP call per
+# member instead of one Erlang node boot per `ejabberdctl srg_user_add`).
 #
 # Users: `ejabberdctl register` boots an Erlang node per call (about a second each), so accounts
 # are imported in one call from a XEP-0227 (PIEFXIS) file; ejabberd derives the SCRAM-SHA-256
@@ -27,7 +32,11 @@ die() { echo "ejabberd.sh: $*" >&2; exit 1; }
 ctl() {
     # Our own ejabberdctl.cfg and config dir: Debian's /etc/ejabberd/ejabberdctl.cfg would
     # otherwise force /etc/ejabberd/ejabberd.yml (wildcard listeners) over --config.
-    ejabberdctl --config-dir "$RUN_DIR" --ctl-config "$RUN_DIR/ejabberdctl.cfg" \
+    # Run as the ejabberd user through setpriv, not ejabberdctl's own `su`: su goes through PAM
+    # (pam_limits), which hands the VM a soft open-file limit of 1024, so sessions past ~1000
+    # failed with emfile. setpriv keeps this shell's limits (raised in cmd_start).
+    HOME=/var/lib/ejabberd setpriv --reuid=ejabberd --regid=ejabberd --init-groups \
+        ejabberdctl --config-dir "$RUN_DIR" --ctl-config "$RUN_DIR/ejabberdctl.cfg" \
         --config "$RUN_DIR/ejabberd.yml" --spool "$RUN_DIR/spool" --logs "$RUN_DIR/logs" --node "$NODE" "$@"
 }
 
@@ -113,6 +122,28 @@ modules:
   mod_roster:
     versioning: true
 CFG
+    if [[ ${EJABBERD_MAM:-0} == 1 ]]; then
+        printf '  mod_mam:\n    default: always\n' >> "$RUN_DIR/ejabberd.yml"
+    fi
+    if [[ ${EJABBERD_GROUPS:-0} == 1 ]]; then
+        cat >> "$RUN_DIR/ejabberd.yml" <<CFG
+  mod_shared_roster: {}
+  mod_http_api: {}
+api_permissions:
+  "console commands":
+    from: [ejabberd_ctl]
+    who: all
+    what: "*"
+  "bench loopback":
+    from: [mod_http_api]
+    who:
+      ip: 127.0.0.1/8
+    what: "*"
+CFG
+        # A second listen section would replace the first: add the HTTP listener to it.
+        sed -i "s|^# No federation|  - port: $((PORT + 2))\n    ip: \"127.0.0.1\"\n    module: ejabberd_http\n    request_handlers:\n      /api: mod_http_api\n# No federation|" \
+            "$RUN_DIR/ejabberd.yml"
+    fi
     : > "$RUN_DIR/inetrc"
     chown -R ejabberd: "$RUN_DIR"
 }
@@ -172,10 +203,35 @@ cmd_users() {
     echo "ejabberd.sh: $count accounts imported" >&2
 }
 
+cmd_groups() {
+    local count=${1:?usage: ejabberd.sh groups N G} size=${2:?usage: ejabberd.sh groups N G}
+    [[ $count =~ ^[0-9]+$ && $size =~ ^[1-9][0-9]*$ ]] || die "N and G must be numbers"
+    beam_pid >/dev/null || die "start the server first (with EJABBERD_GROUPS=1)"
+    timeout 600 python3 - "$((PORT + 2))" "$DOMAIN" "$count" "$size" <<'PY' || die "creating shared roster groups failed"
+import http.client, json, sys
+port, domain, count, size = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+def call(command, args):
+    conn.request("POST", "/api/" + command, json.dumps(args), {"Content-Type": "application/json"})
+    reply = conn.getresponse()
+    body = reply.read()
+    if reply.status != 200:
+        sys.exit(f"{command} {args}: HTTP {reply.status} {body[:200]!r}")
+for g in range(1, (count + size - 1) // size + 1):
+    call("srg_create", {"group": f"g{g}", "host": domain, "label": f"Team {g}",
+                        "description": "", "display": f"g{g}"})
+for n in range(1, count + 1):
+    call("srg_user_add", {"user": f"user{n}", "host": domain, "group": f"g{(n - 1) // size + 1}",
+                          "grouphost": domain})
+PY
+    echo "ejabberd.sh: $count users in shared groups of $size" >&2
+}
+
 case ${1:-} in
     start) cmd_start ;;
     stop) cmd_stop ;;
     users) shift; cmd_users "$@" ;;
+    groups) shift; cmd_groups "$@" ;;
     pid) beam_pid || die "not running" ;;
     env) echo "PORT=$PORT DOMAIN=$DOMAIN CA=$RUN_DIR/certs/ca.crt PID=$(beam_pid || echo none)" ;;
     *) die "usage: $0 start|stop|users N|pid|env" ;;

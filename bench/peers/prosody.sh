@@ -3,11 +3,14 @@
 #
 #   bench/peers/prosody.sh start       install if missing, write config + cert, start in background
 #   bench/peers/prosody.sh users N     create user1..userN with passwords pass1..passN
+#   bench/peers/prosody.sh groups N G  put user1..userN in shared groups g1, g2, ... of G members
+#                                      (mod_groups; G=0 removes the groups file). Before `start`.
 #   bench/peers/prosody.sh stop        stop the instance started by `start`
 #   bench/peers/prosody.sh pid|env     print the server pid / the settings parley-load needs
 #
 # Settings (environment): PROSODY_RUN_DIR (default /tmp/parley-bench/prosody), PROSODY_PORT
-# (STARTTLS, default 5322; direct TLS on PORT+1), PROSODY_DOMAIN (default localhost).
+# (STARTTLS, default 5322; direct TLS on PORT+1), PROSODY_DOMAIN (default localhost),
+# PROSODY_MAM=1 (mod_mam on: every chat message archived in the internal file store, the default).
 #
 # Users: `prosodyctl register` starts a Lua process per account (about 0.3 s each), far too slow
 # for thousands. Instead this script writes the account files of Prosody's internal storage
@@ -98,6 +101,29 @@ ssl = { certificate = "$RUN_DIR/certs/$DOMAIN.crt"; key = "$RUN_DIR/certs/$DOMAI
 
 VirtualHost "$DOMAIN"
 CFG
+    if [[ ${PROSODY_MAM:-0} == 1 ]]; then
+        sed -i 's/"posix" }/"posix"; "mam" }/; s/"limits"; "mam"; "offline"/"limits"; "offline"/' \
+            "$RUN_DIR/prosody.cfg.lua"
+        printf 'default_archive_policy = true\narchive_expires_after = "1w"\n' >> "$RUN_DIR/prosody.cfg.lua"
+    fi
+    if [[ -f $RUN_DIR/groups.txt ]]; then
+        sed -i 's/"posix" }/"posix"; "groups" }/' "$RUN_DIR/prosody.cfg.lua"
+        printf 'groups_file = "%s"\n' "$RUN_DIR/groups.txt" >> "$RUN_DIR/prosody.cfg.lua"
+    fi
+}
+
+cmd_groups() {
+    local count=${1:?usage: prosody.sh groups N G} size=${2:?usage: prosody.sh groups N G}
+    [[ $count =~ ^[0-9]+$ && $size =~ ^[0-9]+$ ]] || die "N and G must be numbers"
+    mkdir -p "$RUN_DIR"
+    if ((size == 0)); then rm -f "$RUN_DIR/groups.txt"; return 0; fi
+    # mod_groups file (Prosody 0.12): "[group name]", then one member JID per line.
+    awk -v n="$count" -v g="$size" -v d="$DOMAIN" 'BEGIN {
+        for (i = 1; i <= n; i++) {
+            if ((i - 1) % g == 0) { k = int((i - 1) / g) + 1; printf "[Team %d]\n", k }
+            printf "user%d@%s\n", i, d
+        } }' > "$RUN_DIR/groups.txt"
+    echo "prosody.sh: $count users in shared groups of $size" >&2
 }
 
 wait_for_port() {
@@ -170,6 +196,7 @@ case ${1:-} in
     start) cmd_start ;;
     stop) cmd_stop ;;
     users) shift; cmd_users "$@" ;;
+    groups) shift; cmd_groups "$@" ;;
     pid) running_pid || die "not running" ;;
     env) cmd_env ;;
     *) die "usage: $0 start|stop|users N|pid|env" ;;

@@ -2,7 +2,8 @@
 //!
 //! It owns its own minimal client (raw streams, STARTTLS or direct TLS, SASL PLAIN/SCRAM, bind)
 //! so that tens of thousands of sessions cost little memory, and three scenarios: `idle`
-//! (memory per session), `login-storm` (logins/s, latency) and `chat` (throughput, latency, loss).
+//! (memory per session), `login-storm` (logins/s, latency), `chat` (throughput, latency, loss) and
+//! `roster-login` (shared-group rosters and presence fan-out at login).
 //! It is a benchmark tool: it prints figures and asserts nothing about the server. It must not
 //! depend on any Parley crate, so it measures every server through the same wire protocol only.
 
@@ -11,6 +12,7 @@ mod chat;
 mod conn;
 mod hist;
 mod idle;
+mod roster;
 mod run;
 mod sasl;
 mod session;
@@ -31,7 +33,7 @@ use crate::session::{Target, TlsMode};
 #[derive(Debug, Parser)]
 #[command(
     name = "parley-load",
-    about = "XMPP load generator (idle memory, login storm, chat)"
+    about = "XMPP load generator (idle memory, login storm, chat, roster-heavy login)"
 )]
 struct Cli {
     /// Server address to connect to (benchmarks are meant for loopback).
@@ -111,6 +113,22 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         concurrency: usize,
     },
+    /// Users in shared roster groups log in and stay online; fan-out cost and settle time.
+    RosterLogin {
+        #[arg(long)]
+        sessions: usize,
+        /// Members per shared group (account i is in group g{i / size + 1}).
+        #[arg(long, default_value_t = 500)]
+        group_size: usize,
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+        /// Longest wait, after the last login, for every member to see every other's presence.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        settle: Duration,
+        /// Server process whose CPU time is measured.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -154,7 +172,8 @@ impl Scenario {
         match self {
             Scenario::Idle { sessions, .. }
             | Scenario::LoginStorm { sessions, .. }
-            | Scenario::Chat { sessions, .. } => *sessions,
+            | Scenario::Chat { sessions, .. }
+            | Scenario::RosterLogin { sessions, .. } => *sessions,
         }
     }
 }
@@ -248,6 +267,25 @@ fn main() -> anyhow::Result<()> {
                         drain,
                         window,
                         concurrency,
+                    },
+                )
+                .await
+            }
+            Scenario::RosterLogin {
+                sessions,
+                group_size,
+                concurrency,
+                settle,
+                server_pid,
+            } => {
+                roster::run(
+                    ctx,
+                    roster::RosterOptions {
+                        sessions,
+                        group_size,
+                        concurrency,
+                        settle,
+                        server_pid,
                     },
                 )
                 .await

@@ -42,6 +42,27 @@ pub fn raise_nofile_limit() -> (u64, u64) {
     (soft, hard)
 }
 
+/// CPU time (user + system, all threads) a process has used, in seconds.
+pub fn cpu_seconds(pid: &str) -> io::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_cpu_ticks(&stat)
+        .map(|ticks| ticks as f64 / CLOCK_TICKS_PER_SECOND)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/PID/stat"))
+}
+
+/// USER_HZ, which Linux fixes at 100 on every architecture this tool runs on.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
+/// utime + stime from /proc/PID/stat. The command name (field 2) may hold spaces and
+/// parentheses, so fields are counted from the last ')'.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
+}
+
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -56,6 +77,16 @@ mod tests {
         assert_eq!(parse_vm_rss("Name:\tx\n"), None);
         assert_eq!(parse_vm_rss("VmRSS:\tlots kB\n"), None);
         assert_eq!(parse_vm_rss("VmRSS:\t12 MB\n"), None);
+    }
+
+    #[test]
+    fn parses_cpu_ticks() {
+        let stat = "42 (a b) c)) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(300));
+        assert_eq!(parse_cpu_ticks("42 (x) S 1 2"), None);
+        assert_eq!(parse_cpu_ticks("no parenthesis"), None);
+        assert!(cpu_seconds("self").is_ok_and(|s| s >= 0.0));
+        assert!(cpu_seconds("0").is_err());
     }
 
     #[test]
