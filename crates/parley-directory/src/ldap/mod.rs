@@ -313,11 +313,9 @@ impl Inner {
         }
     }
 
-    /// Reads the users, then each configured group, into a snapshot, with the newest
-    /// modification time seen.
-    async fn read_all(&self) -> Result<(Snapshot, String), DirectoryError> {
+    /// The entries the user filter matches under the base, with `attributes`.
+    async fn search_users(&self, attributes: &[String]) -> Result<Vec<RawEntry>, DirectoryError> {
         let config = &self.config;
-        let attributes = with_change_attributes(mapping::user_attributes(config));
         let (users, _) = self
             .pool
             .with_service(|ldap| {
@@ -326,10 +324,20 @@ impl Inner {
                     &config.base_dn,
                     scope_of(config.scope),
                     config.user_filter.trim(),
-                    &attributes,
+                    attributes,
                     config.max_users,
                 )
             })
+            .await?;
+        Ok(users)
+    }
+
+    /// Reads the users, then each configured group, into a snapshot, with the newest
+    /// modification time seen.
+    async fn read_all(&self) -> Result<(Snapshot, String), DirectoryError> {
+        let config = &self.config;
+        let users = self
+            .search_users(&with_change_attributes(mapping::user_attributes(config)))
             .await?;
         let mut groups = Vec::with_capacity(config.groups.len());
         let mut newest = String::new();
@@ -397,20 +405,7 @@ impl Inner {
         // base, or no longer matching the filter (disabled). The names of the entries the user
         // filter matches (no attributes, `1.1`) can, so such an account is noticed within one
         // poll, not at the next full read.
-        let no_attributes = vec!["1.1".to_owned()];
-        let (matching, _) = self
-            .pool
-            .with_service(|ldap| {
-                self.pool.search(
-                    ldap,
-                    &config.base_dn,
-                    scope_of(config.scope),
-                    config.user_filter.trim(),
-                    &no_attributes,
-                    config.max_users,
-                )
-            })
-            .await?;
+        let matching = self.search_users(&["1.1".to_owned()]).await?;
         marker.extend(
             matching
                 .iter()
