@@ -14,6 +14,7 @@
 # round-robin. The server runs pinned to SERVER_CPUS (default 0) and parley-load to LOAD_CPUS
 # (default 1) with taskset; PIN=0 turns pinning off. MD_OUT=file appends the table as Markdown.
 # PARLEY_BIN and LOAD_BIN override the binaries (default: target/release/parley, parley-load).
+# PARLEY_OUTBOUND_QUEUE sets [c2s] outbound_queue (default 512, Parley's default).
 # PROFILE=file records a perf profile of Parley (PROFILE_SECONDS after PROFILE_DELAY).
 # Accounts are in shared groups of GROUP_SIZE (default 500, or --group-size) members; only
 # roster-login turns the shared groups on.
@@ -76,7 +77,7 @@ parley_start() {
         '[server]' 'domain = "localhost"' "data_dir = \"$PARLEY_DIR/data\"" \
         '[tls]' "cert = \"$PARLEY_DIR/certs/cert.pem\"" "key = \"$PARLEY_DIR/certs/key.pem\"" \
         '[c2s]' "starttls_listen = [\"127.0.0.1:$PORT\"]" "direct_tls_listen = [\"127.0.0.1:$((PORT + 1))\"]" \
-        'max_connections_per_ip = 1000000' \
+        'max_connections_per_ip = 1000000' "outbound_queue = ${PARLEY_OUTBOUND_QUEUE:-512}" \
         '[admin_http]' '[log]' 'level = "warn"' > "$PARLEY_DIR/parley.toml"
     if ((GROUPS_ON)); then
         printf '[roster]\nmax_shared_contacts = 100000\nshared_groups = [' >> "$PARLEY_DIR/parley.toml"

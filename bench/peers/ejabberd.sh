@@ -128,6 +128,8 @@ CFG
     if [[ ${EJABBERD_GROUPS:-0} == 1 ]]; then
         cat >> "$RUN_DIR/ejabberd.yml" <<CFG
   mod_shared_roster: {}
+  # srg_create and srg_user_add come from mod_admin_extra.
+  mod_admin_extra: {}
   mod_http_api: {}
 api_permissions:
   "console commands":
