@@ -188,15 +188,10 @@ impl Pool {
                     self.mark_down(index, &reason);
                     last_failure = Some(reason);
                 }
-                Err(Failure::Answer { code, text }) => {
-                    return Err(DirectoryError::Unavailable(format!("LDAP error {code}: {text}")));
-                }
+                Err(Failure::Answer { code, text }) => return Err(answer_error(code, &text)),
             }
         }
-        Err(DirectoryError::Unavailable(match last_failure {
-            Some(reason) => format!("no LDAP server answered (last: {reason})"),
-            None => "every LDAP server is marked down".to_owned(),
-        }))
+        Err(no_server_answered(last_failure))
     }
 
     /// A new service connection to the first server that is up, outside the search set: for
@@ -213,15 +208,10 @@ impl Pool {
                     self.mark_down(index, &reason);
                     last_failure = Some(reason);
                 }
-                Err(Failure::Answer { code, text }) => {
-                    return Err(DirectoryError::Unavailable(format!("LDAP error {code}: {text}")));
-                }
+                Err(Failure::Answer { code, text }) => return Err(answer_error(code, &text)),
             }
         }
-        Err(DirectoryError::Unavailable(match last_failure {
-            Some(reason) => format!("no LDAP server answered (last: {reason})"),
-            None => "every LDAP server is marked down".to_owned(),
-        }))
+        Err(no_server_answered(last_failure))
     }
 
     /// Checks `password` by binding as `dn` on a fresh connection to server `index`.
@@ -371,6 +361,19 @@ fn tls_config_trusting(path: &std::path::Path) -> Result<Arc<rustls::ClientConfi
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// An LDAP server refused the operation itself (not a connection problem).
+fn answer_error(code: u32, text: &str) -> DirectoryError {
+    DirectoryError::Unavailable(format!("LDAP error {code}: {text}"))
+}
+
+/// Every configured server failed or is marked down.
+fn no_server_answered(last_failure: Option<String>) -> DirectoryError {
+    DirectoryError::Unavailable(match last_failure {
+        Some(reason) => format!("no LDAP server answered (last: {reason})"),
+        None => "every LDAP server is marked down".to_owned(),
+    })
 }
 
 #[cfg(test)]
