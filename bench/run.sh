@@ -14,7 +14,7 @@
 # round-robin. The server runs pinned to SERVER_CPUS (default 0) and parley-load to LOAD_CPUS
 # (default 1) with taskset; PIN=0 turns pinning off. MD_OUT=file appends the table as Markdown.
 # PARLEY_BIN and LOAD_BIN override the binaries (default: target/release/parley, parley-load).
-# PARLEY_OUTBOUND_QUEUE sets [c2s] outbound_queue (default 512, Parley's default).
+# PARLEY_OUTBOUND_QUEUE sets [c2s] outbound_queue (unset: Parley's default, 16384).
 # PROFILE=file records a perf profile of Parley (PROFILE_SECONDS after PROFILE_DELAY).
 # Accounts are in shared groups of GROUP_SIZE (default 500, or --group-size) members; only
 # roster-login turns the shared groups on.
@@ -77,10 +77,10 @@ parley_start() {
         '[server]' 'domain = "localhost"' "data_dir = \"$PARLEY_DIR/data\"" \
         '[tls]' "cert = \"$PARLEY_DIR/certs/cert.pem\"" "key = \"$PARLEY_DIR/certs/key.pem\"" \
         '[c2s]' "starttls_listen = [\"127.0.0.1:$PORT\"]" "direct_tls_listen = [\"127.0.0.1:$((PORT + 1))\"]" \
-        'max_connections_per_ip = 1000000' "outbound_queue = ${PARLEY_OUTBOUND_QUEUE:-512}" \
+        'max_connections_per_ip = 1000000' ${PARLEY_OUTBOUND_QUEUE:+"outbound_queue = $PARLEY_OUTBOUND_QUEUE"} \
         '[admin_http]' '[log]' 'level = "warn"' > "$PARLEY_DIR/parley.toml"
     if ((GROUPS_ON)); then
-        printf '[roster]\nmax_shared_contacts = 100000\nshared_groups = [' >> "$PARLEY_DIR/parley.toml"
+        printf '[roster]\nshared_groups = [' >> "$PARLEY_DIR/parley.toml"
         for ((g = 1; g <= (users + GROUP_SIZE - 1) / GROUP_SIZE; g++)); do
             printf '{ group = "g%d", name = "Team %d" }, ' "$g" "$g"
         done >> "$PARLEY_DIR/parley.toml"
@@ -89,7 +89,7 @@ parley_start() {
     parley_users "$users" || return 1
     # Fresh database per run (users.toml, the account file, is kept): every run starts with an
     # empty archive, like the peers' fresh stores.
-    rm -f "$PARLEY_DIR/data/parley.redb"
+    rm -f "$PARLEY_DIR/data/parley.redb" "$PARLEY_DIR/data/parley.redb.index"
     "${SERVER_PIN[@]}" "$PARLEY_BIN" --config "$PARLEY_DIR/parley.toml" serve \
         > "$PARLEY_DIR/parley.log" 2>&1 &
     PID=$!

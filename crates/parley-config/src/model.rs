@@ -166,7 +166,10 @@ pub struct C2sConfig {
     pub max_attributes: usize,
     /// Longest single XML token (name, attribute value, text run) accepted.
     pub max_token_size: ByteSize,
-    /// Stanzas queued for one session before it is treated as too slow and disconnected.
+    /// Stanzas queued for one session before it is treated as too slow and disconnected. A login
+    /// receives the presence of every contact at once, so with shared groups it must be at least
+    /// twice `roster.max_shared_contacts`. Queue slots are allocated as they fill, so an idle
+    /// session costs the same whatever the bound.
     pub outbound_queue: usize,
     /// Most simultaneous resources (connected clients) per account.
     pub max_resources_per_account: usize,
@@ -192,7 +195,7 @@ impl Default for C2sConfig {
             max_depth: 32,
             max_attributes: 64,
             max_token_size: ByteSize::kib(64),
-            outbound_queue: 512,
+            outbound_queue: 16_384,
             max_resources_per_account: 16,
             max_connections_per_ip: 256,
             sasl_mechanisms: KNOWN_SASL_MECHANISMS

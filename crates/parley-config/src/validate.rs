@@ -61,6 +61,18 @@ pub(crate) fn validate(config: &Config, sections: &[&str], report: &mut Report) 
             }
         }
     }
+    if checked("roster") && checked("c2s") && !config.roster.shared_groups.is_empty() {
+        let needed = config.roster.max_shared_contacts.saturating_mul(2);
+        if config.c2s.outbound_queue < needed {
+            report.reject(
+                "c2s.outbound_queue",
+                format!(
+                    "must be at least {needed} (twice roster.max_shared_contacts) with shared groups: \
+                     a login receives the presence of every shared contact at once"
+                ),
+            );
+        }
+    }
     if checked("offline") {
         positive_count("offline.max_messages", config.offline.max_messages, report);
     }
@@ -689,6 +701,25 @@ mod tests {
         assert!(
             warnings("").contains(&"tls".to_owned()),
             "self-signed default is warned about"
+        );
+    }
+
+    #[test]
+    fn outbound_queue_must_hold_a_login_of_shared_presence() {
+        let errors = rejected(
+            "[c2s]\noutbound_queue = 999\n[roster]\nmax_shared_contacts = 500\n\
+             shared_groups = [{ group = \"staff\" }]\n",
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("c2s.outbound_queue: must be at least 1000")),
+            "{errors:?}"
+        );
+        // Without shared groups the same queue is fine.
+        assert!(
+            Config::from_toml_str("[c2s]\noutbound_queue = 999\n[roster]\nmax_shared_contacts = 500\n")
+                .is_ok()
         );
     }
 

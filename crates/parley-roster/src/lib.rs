@@ -181,6 +181,11 @@ impl Core {
             });
         }
         use std::hash::{Hash, Hasher};
+        let stored: std::collections::HashMap<BareJid, usize> = items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| (item.jid.clone(), index))
+            .collect();
         let mut digest = std::collections::hash_map::DefaultHasher::new();
         for contact in &shared {
             (contact.jid.as_str(), &contact.name, &contact.groups).hash(&mut digest);
@@ -197,8 +202,8 @@ impl Core {
                     .collect(),
                 approved: None,
             };
-            match items.iter_mut().find(|item| item.jid == contact.jid) {
-                Some(existing) => existing.subscription = wire.subscription,
+            match stored.get(&wire.jid) {
+                Some(&index) => items[index].subscription = wire.subscription,
                 None => items.push(wire),
             }
         }
@@ -221,8 +226,10 @@ impl Core {
             .filter(|(_, item)| wanted(item))
             .map(|(jid, _)| jid)
             .collect();
+        // A set, not `contains` on the list: shared groups make rosters of thousands.
+        let mut seen: std::collections::HashSet<BareJid> = contacts.iter().cloned().collect();
         for contact in self.shared.contacts(owner).await {
-            if !contacts.contains(&contact.jid) {
+            if seen.insert(contact.jid.clone()) {
                 contacts.push(contact.jid);
             }
         }
@@ -240,16 +247,12 @@ impl Core {
     }
 
     /// Whether `contact` may see `owner`'s presence.
+    /// Shared groups first: they are in memory, the stored roster is a read of the store.
     async fn is_subscriber(&self, owner: &BareJid, contact: &BareJid) -> Result<bool, RosterError> {
-        let entry = self.store.entry(owner, contact).await?;
-        if entry.item.is_some_and(|item| item.from) {
+        if self.shared.shares_with(owner, contact).await {
             return Ok(true);
         }
-        Ok(self
-            .shared
-            .contacts(owner)
-            .await
-            .iter()
-            .any(|shared| shared.jid == *contact))
+        let entry = self.store.entry(owner, contact).await?;
+        Ok(entry.item.is_some_and(|item| item.from))
     }
 }

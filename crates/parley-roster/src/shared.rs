@@ -38,6 +38,15 @@ pub trait SharedGroups: Send + Sync + 'static {
     /// The shared contacts of `account` (never `account` itself). Bounded by the provider.
     async fn contacts(&self, account: &BareJid) -> Vec<SharedContact>;
 
+    /// Whether `contact` is one of `account`'s shared contacts. Asked once per probe and per
+    /// presence check, so providers answer it without listing every contact.
+    async fn shares_with(&self, account: &BareJid, contact: &BareJid) -> bool {
+        self.contacts(account)
+            .await
+            .iter()
+            .any(|shared| shared.jid == *contact)
+    }
+
     /// Waits until the shared contacts of some accounts `wanted` accepts change, and returns
     /// those changes. `None` means nothing will ever change (the default), so stop asking.
     async fn next_change(&self, _wanted: AccountFilter<'_>) -> Option<Vec<ContactsChange>> {
@@ -72,6 +81,8 @@ pub struct SharedView {
     groups: BTreeMap<String, BTreeSet<String>>,
     /// Member localpart → display name from the directory.
     names: HashMap<String, Option<String>>,
+    /// Distinct members over all groups: when it is within the contact cap, no roster is cut.
+    member_total: usize,
 }
 
 impl SharedView {
@@ -86,9 +97,11 @@ impl SharedView {
             let entry = merged.entry(group).or_default();
             entry.extend(members.into_iter().filter(|member| names.contains_key(member)));
         }
+        let member_total = merged.values().flatten().collect::<BTreeSet<_>>().len();
         Self {
             groups: merged,
             names,
+            member_total,
         }
     }
 
@@ -98,6 +111,15 @@ impl SharedView {
             .values()
             .flat_map(|members| members.iter().map(String::as_str))
             .collect()
+    }
+
+    /// Whether `a` and `b` (two different localparts) are in at least one group together.
+    pub fn share_a_group(&self, a: &str, b: &str) -> bool {
+        a != b
+            && self
+                .groups
+                .values()
+                .any(|members| members.contains(a) && members.contains(b))
     }
 
     /// The contacts `localpart` shares a group with, at most `max`, in JID order.
@@ -271,6 +293,24 @@ impl SharedGroups for DirectorySharedGroups {
         self.view()
             .await
             .contacts(node.as_str(), &self.domain, self.max_contacts)
+    }
+
+    async fn shares_with(&self, account: &BareJid, contact: &BareJid) -> bool {
+        let ours = |jid: &BareJid| jid.domain() == self.domain.domain();
+        if self.mappings.is_empty() || !ours(account) || !ours(contact) {
+            return false;
+        }
+        let (Some(account), Some(contact)) = (account.node(), contact.node()) else {
+            return false;
+        };
+        let view = self.view().await;
+        // Beyond the cap, a contact is left out of the roster, so it is not shared either.
+        view.share_a_group(account.as_str(), contact.as_str())
+            && (view.member_total <= self.max_contacts
+                || view
+                    .contacts(account.as_str(), &self.domain, self.max_contacts)
+                    .iter()
+                    .any(|shared| shared.jid.node() == Some(contact)))
     }
 
     async fn next_change(&self, wanted: AccountFilter<'_>) -> Option<Vec<ContactsChange>> {
@@ -528,6 +568,30 @@ mod tests {
         let contacts = view.contacts("user00", &domain(), 10);
         assert_eq!(contacts.len(), 10);
         assert_eq!(contacts[0].jid.to_string(), "user01@example.org");
+    }
+
+    #[tokio::test]
+    async fn shares_with_agrees_with_the_listed_contacts_even_past_the_cap() {
+        let members: Vec<String> = (0..20).map(|n| format!("user{n:02}")).collect();
+        let member_refs: Vec<&str> = members.iter().map(String::as_str).collect();
+        let people: Vec<(&str, &str)> = member_refs.iter().map(|m| (*m, "Name")).collect();
+        let directory = FakeDirectory::new(&[("big", &member_refs), ("other", &["zed"])], &people);
+        let jid = |local: &str| BareJid::new(&format!("{local}@example.org")).unwrap();
+        for cap in [100, 5] {
+            let provider =
+                DirectorySharedGroups::new(directory.clone(), domain(), vec![mapping("big", "Big")], cap);
+            let listed = provider.contacts(&jid("user00")).await;
+            for member in &members {
+                assert_eq!(
+                    provider.shares_with(&jid("user00"), &jid(member)).await,
+                    listed.iter().any(|c| c.jid == jid(member)),
+                    "cap {cap}, {member}"
+                );
+            }
+            assert!(!provider.shares_with(&jid("user00"), &jid("zed")).await);
+            let foreign = BareJid::new("user01@elsewhere.org").unwrap();
+            assert!(!provider.shares_with(&jid("user00"), &foreign).await);
+        }
     }
 
     #[test]

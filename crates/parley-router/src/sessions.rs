@@ -25,13 +25,16 @@ pub struct SessionControl {
 }
 
 impl SessionControl {
-    /// Asks the session to close with this stream error; the first reason wins.
-    pub fn close(&self, reason: StreamError) {
+    /// Asks the session to close with this stream error; the first reason wins. True for that
+    /// first call, so its cause is logged once, not for every stanza that finds it closing.
+    pub fn close(&self, reason: StreamError) -> bool {
         let mut slot = self.reason.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_none() {
+        let first = slot.is_none();
+        if first {
             *slot = Some(reason);
         }
         self.token.cancel();
+        first
     }
 
     /// Resolves once `close` was called, with its reason.
@@ -226,11 +229,13 @@ impl SessionTable {
         match resource.queue.try_send(Outbound::Stanza(Box::new(stanza))) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(%jid, "outbound queue full; closing the session");
-                resource.control.close(StreamError::with_text(
+                let first = resource.control.close(StreamError::with_text(
                     StreamErrorCondition::PolicyViolation,
                     "Too many stanzas waiting to be read",
                 ));
+                if first {
+                    tracing::warn!(%jid, "outbound queue full; closing the session");
+                }
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
