@@ -675,9 +675,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
         {
             return Ok(self.conn.send(&iq_reply(&element, None)).await?);
         }
-        let stanza = match Stanza::from_element(element.clone()) {
+        let stanza = match Stanza::try_from_element(element) {
             Ok(stanza) => stanza,
-            Err(EnvelopeError::BadAddress { .. }) => {
+            Err((EnvelopeError::BadAddress { .. }, element)) => {
+                let mut element = *element;
                 // Answer with jid-malformed, addressed back without the bad attribute.
                 parley_proto::stanza::set_attr(&mut element, "to", None);
                 if let Ok(stanza) = Stanza::from_element(element)
@@ -690,10 +691,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
                 }
                 return Ok(());
             }
-            Err(EnvelopeError::BadIq) => {
+            Err((EnvelopeError::BadIq, _)) => {
                 return Err(stream_err(Cond::InvalidXml, "An iq needs an id and a valid type"));
             }
-            Err(EnvelopeError::NotAStanza(_)) => return Err(unexpected(&element, false)),
+            Err((EnvelopeError::NotAStanza(_), element)) => return Err(unexpected(&element, false)),
         };
         // Boxed: routing's state is large and lives only while a stanza is routed; inline, it
         // would be part of every idle session's memory.

@@ -65,6 +65,24 @@ pub fn set_attr(element: &mut Element, name: &str, value: Option<&str>) {
 impl Stanza {
     /// Reads the envelope of a top-level element received on a client stream.
     pub fn from_element(element: Element) -> Result<Self, EnvelopeError> {
+        Self::try_from_element(element).map_err(|(error, _)| error)
+    }
+
+    /// Like [`Stanza::from_element`], but hands the element back with the error, so a caller
+    /// that answers a bad stanza need not copy every good one beforehand.
+    pub fn try_from_element(element: Element) -> Result<Self, (EnvelopeError, Box<Element>)> {
+        match Self::envelope(&element) {
+            Ok((kind, from, to)) => Ok(Self {
+                kind,
+                from,
+                to,
+                element,
+            }),
+            Err(error) => Err((error, Box::new(element))),
+        }
+    }
+
+    fn envelope(element: &Element) -> Result<(StanzaKind, Option<Jid>, Option<Jid>), EnvelopeError> {
         let kind = match (element.name(), element.has_ns(ns::CLIENT)) {
             ("message", true) => StanzaKind::Message,
             ("presence", true) => StanzaKind::Presence,
@@ -85,12 +103,7 @@ impl Stanza {
         {
             return Err(EnvelopeError::BadIq);
         }
-        Ok(Self {
-            kind,
-            from,
-            to,
-            element,
-        })
+        Ok((kind, from, to))
     }
 
     /// A new stanza of `kind` in `jabber:client`.
