@@ -211,6 +211,58 @@ async fn static_shared_group_members_see_each_other_with_presence() {
     server.stop().await;
 }
 
+/// A whole shared group logging in at once: every member gets every other member's presence
+/// (probe answers and broadcasts arrive together while the roster is still being read), with the
+/// smallest outbound queue `check-config` accepts (twice `max_shared_contacts`); no session is
+/// closed as a slow consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_shared_group_logging_in_at_once_sees_every_presence() {
+    const MEMBERS: usize = 24;
+    let mut server = start_server(|config| {
+        config.roster.shared_groups = vec![shared("floor", "Floor")];
+        config.roster.max_shared_contacts = MEMBERS;
+        config.c2s.outbound_queue = 2 * MEMBERS;
+    })
+    .await;
+    let directory = StaticDirectory::open(server.config.static_directory_path())
+        .await
+        .expect("the user file");
+    let people = (0..MEMBERS)
+        .map(|n| {
+            let details = PersonDetails {
+                groups: vec!["floor".to_owned()],
+                ..PersonDetails::default()
+            };
+            (format!("member{n}"), format!("member{n}-secret"), details)
+        })
+        .collect();
+    directory.add_users(people).await.expect("adding the group");
+
+    let server_ref = &server;
+    let logins = (0..MEMBERS).map(|n| async move {
+        let user = format!("member{n}");
+        let (mut client, roster) = online(server_ref, &user, &format!("{user}-secret")).await;
+        assert_eq!(roster.items.len(), MEMBERS - 1, "{user}'s roster");
+        let own = bare(&format!("{user}@localhost"));
+        let mut seen = std::collections::HashSet::new();
+        while seen.len() < MEMBERS - 1 {
+            let presence = client
+                .expect_presence(&format!("{user}: presence of every member"), |presence| {
+                    presence.type_ == PresenceType::None
+                        && presence.from.as_ref().is_some_and(|from| from.to_bare() != own)
+                })
+                .await;
+            seen.extend(presence.from.map(|from| from.to_bare()));
+        }
+        client
+    });
+    let clients = futures_util::future::join_all(logins).await;
+    for client in clients {
+        client.logout().await;
+    }
+    server.stop().await;
+}
+
 /// Static users file: a person added to the group while members are online is pushed to them
 /// (subscription `both`), and they see the newcomer's presence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
