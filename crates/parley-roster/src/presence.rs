@@ -52,7 +52,7 @@ pub(crate) async fn send_current_presence(router: &Router, owner: &BareJid, to: 
         let mut stanza = resource
             .presence
             .last
-            .and_then(|last| Stanza::from_element(last).ok())
+            .and_then(|last| Stanza::from_element(std::sync::Arc::unwrap_or_clone(last)).ok())
             .filter(|last| last.kind() == StanzaKind::Presence)
             .unwrap_or_else(|| Stanza::new(StanzaKind::Presence));
         stanza.set_from(Some(resource.jid.into()));

@@ -362,8 +362,9 @@ impl Router {
         }
         let message_type = stanza.stanza_type().unwrap_or("normal").to_owned();
         if let Ok(full) = to.try_as_full() {
-            if self.0.sessions.resource(full).is_some() && self.send_to(full, stanza.clone()) {
-                return;
+            match self.0.sessions.deliver(full, stanza) {
+                Ok(()) => return,
+                Err(unsent) => stanza = *unsent,
             }
             // RFC 6121 §8.5.3.2.1: no such resource.
             match message_type.as_str() {
@@ -402,10 +403,27 @@ impl Router {
                 .collect()
         };
         let mut delivered = false;
-        for target in &targets {
+        let Some((last, others)) = targets.split_last() else {
+            return self.offline_or_bounce(stanza, &message_type).await;
+        };
+        for target in others {
             delivered |= self.send_to(&target.jid, stanza.clone());
         }
-        if delivered || message_type == "headline" {
+        // The last target takes the stanza itself; it comes back if it could not be queued.
+        match self.0.sessions.deliver(&last.jid, stanza) {
+            Ok(()) => return,
+            Err(unsent) => stanza = *unsent,
+        }
+        if delivered {
+            return;
+        }
+        self.offline_or_bounce(stanza, &message_type).await
+    }
+
+    /// RFC 6121 §8.5.2.1.1 / §8.5.2.2.1: a message to an account with no resource that took it
+    /// is stored offline (a module's hook) or bounced; a headline is dropped.
+    async fn offline_or_bounce(&self, mut stanza: Stanza, message_type: &str) {
+        if message_type == "headline" {
             return;
         }
         match self.run_hooks(Hook::MessageOffline, &mut stanza).await {
@@ -432,7 +450,7 @@ impl Router {
                 let state = PresenceState {
                     available,
                     priority: presence_priority(stanza.element()),
-                    last: available.then(|| stanza.element().clone()),
+                    last: available.then(|| std::sync::Arc::new(stanza.element().clone())),
                 };
                 if self.0.sessions.set_presence(from, state) {
                     initial_from = Some(from.clone());

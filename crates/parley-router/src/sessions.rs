@@ -54,8 +54,9 @@ pub struct PresenceState {
     /// Sent available presence and not since unavailable.
     pub available: bool,
     pub priority: i8,
-    /// The last broadcast presence, answered to probes.
-    pub last: Option<Element>,
+    /// The last broadcast presence, answered to probes. Shared: resource listings are copied
+    /// on every message routed to a bare JID, the presence element need not be.
+    pub last: Option<std::sync::Arc<Element>>,
 }
 
 #[derive(Debug, Clone)]
@@ -206,6 +207,12 @@ impl SessionTable {
             .map(|r| r.info.clone())
     }
 
+    pub fn has_resource(&self, jid: &FullJid) -> bool {
+        self.read()
+            .get(&jid.to_bare())
+            .is_some_and(|resources| resources.iter().any(|r| r.info.jid == *jid))
+    }
+
     pub fn is_online(&self, account: &BareJid) -> bool {
         self.read().contains_key(account)
     }
@@ -219,16 +226,25 @@ impl SessionTable {
     /// it is closed (`policy-violation`), never buffered without bound. Returns false when the
     /// stanza was not queued.
     pub fn send(&self, jid: &FullJid, stanza: Stanza) -> bool {
+        self.deliver(jid, stanza).is_ok()
+    }
+
+    /// Like `send`, but a stanza that was not queued comes back, so the caller can fall back
+    /// (offline storage, another resource) without having copied it beforehand.
+    pub fn deliver(&self, jid: &FullJid, stanza: Stanza) -> Result<(), Box<Stanza>> {
         let accounts = self.read();
         let Some(resource) = accounts
             .get(&jid.to_bare())
             .and_then(|rs| rs.iter().find(|r| r.info.jid == *jid))
         else {
-            return false;
+            return Err(Box::new(stanza));
+        };
+        let unqueued = |outbound: Outbound| match outbound {
+            Outbound::Stanza(stanza) => stanza,
         };
         match resource.queue.try_send(Outbound::Stanza(Box::new(stanza))) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(outbound)) => {
                 let first = resource.control.close(StreamError::with_text(
                     StreamErrorCondition::PolicyViolation,
                     "Too many stanzas waiting to be read",
@@ -236,9 +252,9 @@ impl SessionTable {
                 if first {
                     tracing::warn!(%jid, "outbound queue full; closing the session");
                 }
-                false
+                Err(unqueued(outbound))
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(outbound)) => Err(unqueued(outbound)),
         }
     }
 
