@@ -10,12 +10,14 @@
 //!
 //! Only one batch is in flight: the next batch's `prev` must be the hash of an entry that is
 //! durable, or a failed commit would leave the chain pointing at nothing.
+//!
+//! Callers are answered as soon as the commit is durable, never after the records are indexed:
+//! the store promises read-your-writes (a query that starts after the answer sees the records;
+//! see `parley_storage::Archive`), so indexing stays off every message's latency path.
 
 use std::sync::Arc;
 
-use parley_storage::{
-    ArchiveAppend, KeyValue, MAX_VALUE_LEN, Space, StorageError, Store, Visible, WriteBatch,
-};
+use parley_storage::{ArchiveAppend, KeyValue, MAX_VALUE_LEN, Space, StorageError, Store, WriteBatch};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::ArchiveError;
@@ -59,9 +61,8 @@ impl Default for CheckpointPolicy {
     }
 }
 
-/// An entry, the archive ids of the records that rode along with it, and when those are
-/// queryable.
-type Reply = Result<(Appended, Vec<u64>, Visible), ArchiveError>;
+/// An entry and the archive ids of the records that rode along with it.
+type Reply = Result<(Appended, Vec<u64>), ArchiveError>;
 
 struct Request {
     body: Body,
@@ -111,17 +112,15 @@ impl ChainWriter {
         self.send(body, None, false).await
     }
 
-    /// Appends one entry and, in the same durable commit, `appends`; returns once both are durable
-    /// AND the records are queryable, with the records' archive ids in order. (The chain task
-    /// itself moves on to its next batch as soon as the commit is durable.)
+    /// Appends one entry and, in the same durable commit, `appends`; returns as soon as both are
+    /// durable, with the records' archive ids in order. It does not wait for the records to be
+    /// indexed: any query that starts after it returned sees them (the store's read-your-writes).
     pub async fn append_with_records(
         &self,
         body: Body,
         appends: Vec<ArchiveAppend>,
     ) -> Result<(Appended, Vec<u64>), ArchiveError> {
-        let (appended, ids, visible) = self.request(body, None, appends, false).await?;
-        visible.wait().await?;
-        Ok((appended, ids))
+        self.request(body, None, appends, false).await
     }
 
     pub(crate) async fn send(
@@ -284,9 +283,7 @@ impl ChainTask {
                 let mut ids = committed.ids.into_iter();
                 for done in prepared {
                     let own: Vec<u64> = ids.by_ref().take(done.records).collect();
-                    let _ = done
-                        .reply
-                        .send(Ok((done.appended, own, committed.visible.clone())));
+                    let _ = done.reply.send(Ok((done.appended, own)));
                 }
             }
             Err(error) => {

@@ -18,7 +18,9 @@ pub const NS_SID: &str = "urn:xmpp:sid:0";
 /// Records every message the router accepts: one chain entry plus the sender's and the local
 /// recipient's MAM copies in `Space::Mam`, all in ONE durable commit of the chain's batch (one
 /// storage job per chain batch, so a message costs no extra queue hop or fsync), and the
-/// recipient's XEP-0359 `<stanza-id/>` on the stanza.
+/// recipient's XEP-0359 `<stanza-id/>` on the stanza. `record` returns once that commit is
+/// durable, without waiting for the MAM copies to be indexed: a MAM query that starts afterwards
+/// sees them anyway (the store's read-your-writes), so indexing is on no message's latency path.
 ///
 /// `Space::Mam` records: owner = the user's bare JID, `with` = the other party's bare JID,
 /// payload = the stanza's XML as accepted (with its `jabber:client` namespace), id = the

@@ -21,6 +21,7 @@ pub async fn run_all<S: Store>(store: &S) {
     archive_isolation(store).await;
     archive_delete_before_and_ids(store).await;
     combined_commit(store).await;
+    archive_read_your_writes(store).await;
 }
 
 fn batch(build: impl FnOnce(&mut WriteBatch)) -> WriteBatch {
@@ -865,4 +866,74 @@ async fn combined_commit<S: Store>(store: &S) {
         .unwrap();
     assert!(nothing.ids.is_empty());
     nothing.visible.wait().await.unwrap();
+}
+
+/// Read-your-writes: a read that starts after `apply_and_append` or `append` returned sees the
+/// records, although nobody waits on `Committed::visible`.
+async fn archive_read_your_writes<S: Store>(store: &S) {
+    let all = ArchiveQuery {
+        limit: 100,
+        ..ArchiveQuery::default()
+    };
+    let newest = ArchiveQuery {
+        limit: 1,
+        reverse: true,
+        ..ArchiveQuery::default()
+    };
+    for round in 0..20i64 {
+        let committed = store
+            .apply_and_append(
+                batch(|b| {
+                    b.put(Space::Meta, "ryw", "round", round.to_be_bytes().to_vec());
+                }),
+                vec![
+                    ArchiveAppend {
+                        space: Space::Mam,
+                        owner: "ryw".into(),
+                        record: record(round, "peer"),
+                    },
+                    ArchiveAppend {
+                        space: Space::Mam,
+                        owner: "ryw-other".into(),
+                        record: record(round, "ryw"),
+                    },
+                ],
+            )
+            .await
+            .unwrap();
+        let (own, other) = (committed.ids[0], committed.ids[1]);
+        drop(committed.visible);
+        let page = store.query(Space::Mam, "ryw", &newest).await.unwrap();
+        assert_eq!(
+            page.records.iter().map(|record| record.id).collect::<Vec<_>>(),
+            [own],
+            "round {round}"
+        );
+        assert_eq!(
+            store.count(Space::Mam, "ryw", &all).await.unwrap(),
+            round as u64 + 1
+        );
+        let fetched = store.get_record(Space::Mam, "ryw-other", other).await.unwrap();
+        assert_eq!(fetched.map(|record| record.timestamp_micros), Some(round));
+
+        let appended = store
+            .append(Space::Audit, "ryw", record(round, "x"))
+            .await
+            .unwrap();
+        let fetched = store.get_record(Space::Audit, "ryw", appended).await.unwrap();
+        assert_eq!(fetched.map(|record| record.id), Some(appended));
+    }
+    // A purge right after an append sees the record too.
+    store
+        .append(Space::Mam, "ryw-purge", record(5, "x"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .delete_before(Space::Mam, Some("ryw-purge"), 10)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.count(Space::Mam, "ryw-purge", &all).await.unwrap(), 0);
 }

@@ -349,10 +349,15 @@ pub struct ArchivePage {
 }
 
 /// Append-only, per-owner record storage with ids that are unique and increasing per space.
+///
+/// Read-your-writes: a `query`, `count`, `get_record` or `delete_before` that starts after an
+/// `append` (or [`Store::apply_and_append`]) returned sees its records, on every backend. A read
+/// running concurrently with an append may or may not see it.
 #[async_trait::async_trait]
 pub trait Archive: Send + Sync + 'static {
-    /// Durable when it returns; ids strictly increase within a space (across owners) and are never
-    /// reused, even after deletes or a restart.
+    /// Durable when it returns, and visible to every read that starts afterwards; ids strictly
+    /// increase within a space (across owners) and are never reused, even after deletes or a
+    /// restart.
     async fn append(&self, space: Space, owner: &str, record: NewRecord) -> Result<u64, StorageError>;
     /// Records of `owner` matching start/end (inclusive, micros), `with` (exact string match),
     /// after_id/before_id (exclusive). Records are always returned in ascending id order;
@@ -390,16 +395,19 @@ pub struct ArchiveAppend {
     pub record: NewRecord,
 }
 
-/// What [`Store::apply_and_append`] answers: the commit is durable; its records are queryable
-/// once [`Visible::wait`] returns (a backend may index them a moment after the fsync).
+/// What [`Store::apply_and_append`] answers: the commit is durable, and a read that starts now
+/// sees its records (read-your-writes, see [`Archive`]), whether or not anyone waits on `visible`.
 #[derive(Debug, Clone)]
 pub struct Committed {
     /// The new records' ids, in the order they were given.
     pub ids: Vec<u64>,
+    /// Resolves once the backend has indexed the records. Nobody needs it to read their own
+    /// writes (a read waits for the index itself); it tells when that wait has become free, and
+    /// reports a failed indexing early.
     pub visible: Visible,
 }
 
-/// Resolves when a commit's records are visible to `query`, `count` and `get_record`.
+/// Resolves when a commit's records are indexed: reads that start then need not wait for them.
 #[derive(Debug, Clone)]
 pub struct Visible(Option<tokio::sync::watch::Receiver<Option<Result<(), StorageError>>>>);
 
@@ -414,8 +422,9 @@ impl Visible {
         (sender, Visible(Some(receiver)))
     }
 
-    /// Waits until the records are queryable. An error means they are durable but could not be
-    /// indexed now (the backend indexes them again when it is next opened).
+    /// Waits until the records are indexed. An error means they are durable but could not be
+    /// indexed now (the backend indexes them again when it is next opened; until then, reads
+    /// that would have to see them answer that error).
     pub async fn wait(self) -> Result<(), StorageError> {
         let Some(mut receiver) = self.0 else {
             return Ok(());
@@ -437,9 +446,9 @@ pub const MAX_COMMIT_APPENDS: usize = 65_536;
 pub trait Store: KeyValue + Archive {
     /// Applies `batch` and appends `appends` (in order) atomically and durably: one commit, one
     /// fsync. When an expectation of `batch` fails it answers [`StorageError::Conflict`] and
-    /// nothing, neither write nor record, is stored. Durable when it returns; the records are
-    /// queryable once the answer's [`Committed::visible`] resolves, so a caller that must commit
-    /// strictly one batch after another (the chain) need not wait for indexing.
+    /// nothing, neither write nor record, is stored. Durable when it returns, and every read that
+    /// starts afterwards sees the records (read-your-writes), so no caller waits for indexing;
+    /// [`Committed::visible`] only tells when the backend has indexed them.
     async fn apply_and_append(
         &self,
         batch: WriteBatch,

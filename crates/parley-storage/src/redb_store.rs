@@ -26,12 +26,27 @@
 //! never holds up an acceptance commit.
 //!
 //! # The durability promise
-//! `append`/`apply_and_append` answer only after (1) the commit holding the record in the journal
-//! is fsynced and (2) the record is in the index file, so a `query` right after sees it. A crash
-//! loses at most index commits that were not yet durable; `open` replays every journal record above
-//! the index file's durable watermark, so nothing acknowledged is lost. The main writer deletes
-//! journal entries at or below that watermark (published by the index thread after each durable
-//! index commit). `delete_before` commits durably, so a purge never comes back after a crash.
+//! `append`/`apply_and_append` answer as soon as the commit holding the records in the journal is
+//! fsynced; they do not wait for the index file, so indexing is on no message's latency path.
+//! Read-your-writes holds all the same: every read of the archive (`query`, `count`,
+//! `get_record`) and `delete_before` first waits until the index thread has processed every index
+//! job the writer had handed over, or was about to hand over, when the read started. The writer
+//! counts a group's job before it answers the group's callers, so a caller that got its answer and
+//! then reads sees its records, and so does anyone it told. A read that starts while nothing is
+//! pending costs two atomic loads, no wait. (`Committed::visible` still resolves once a group is
+//! indexed, for callers that want to know; nobody needs it to read their own writes.)
+//!
+//! If an index commit fails, the index thread indexes nothing more (the records stay in the
+//! journal and the next `open` replays them): a read that would have to see records of the failed
+//! or a later job answers that commit's error instead of an incomplete answer, and a read whose
+//! records were all indexed before the failure is answered normally. A read never hangs on a
+//! stopped index thread: it answers [`StorageError::Closed`].
+//!
+//! A crash loses at most index commits that were not yet durable; `open` replays every journal
+//! record above the index file's durable watermark, so nothing acknowledged is lost. The main
+//! writer deletes journal entries at or below that watermark (published by the index thread after
+//! each durable index commit). `delete_before` commits durably, so a purge never comes back after
+//! a crash.
 //!
 //! # Why these indexes
 //! A MAM page must not scan an owner's whole history. Paging by id (after/before, newest page) is a
@@ -54,27 +69,32 @@
 //! One writer thread owns the main file's write transactions. `apply`, `append`,
 //! `apply_and_append` and `flush` send a job with a oneshot reply through a bounded channel; the
 //! writer drains what is pending, runs it in one transaction, commits with
-//! `Durability::Immediate` (fsync), then answers key-value jobs and hands the group's records, with
-//! their callers, to the index thread, which indexes whatever has queued in one commit and answers.
+//! `Durability::Immediate` (fsync), counts the group's index job, answers every caller, then hands
+//! the group's records to the index thread, which indexes whatever has queued in one commit.
+//! At most `MAX_INDEX_BACKLOG` records wait for the index thread: when it falls that far behind,
+//! the writer waits for it (after answering its group), which bounds both memory and how long a
+//! read can wait for the index to catch up (backpressure instead of an ever-growing lag). A
+//! group is never held back when nothing is waiting, however large it is.
 //! A batch whose expectation fails is answered `Conflict` and skipped, without failing the rest.
 //! A storage error fails the whole group: nothing of it was committed.
 //!
 //! # Reads
-//! Reads open a redb read transaction (a consistent snapshot, never blocked by the writer) on the
+//! Archive reads first wait for the index to catch up (see the durability promise), then open a
+//! redb read transaction (a consistent snapshot, never blocked by the writer) on the
 //! blocking thread pool (`spawn_blocking`): a cold read may wait on the disk, and a MAM query may
 //! read a few thousand entries, which must not stall the runtime's workers.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::codec::{self, OwnerStats};
 use crate::{
@@ -104,6 +124,11 @@ const INDEX_DURABLE_INTERVAL: Duration = Duration::from_secs(1);
 const INDEX_DURABLE_RECORDS: usize = 250_000;
 /// Most journal records replayed into the index file in one commit at open.
 const REPLAY_CHUNK: usize = 50_000;
+/// Records handed to the index thread and not yet indexed before the writer waits. A read waits
+/// for everything queued when it starts: at the ~30-50k records/s one index thread manages on a
+/// small machine, this is at most a second or two of lag under saturation, while still letting
+/// the index thread gather large (cheaper per record) commits.
+const MAX_INDEX_BACKLOG: usize = 65_536;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum TableKind {
@@ -248,6 +273,130 @@ impl Watermarks {
     }
 }
 
+/// What the index thread has done, as reads need to know it.
+#[derive(Debug, Clone, Default)]
+struct IndexerState {
+    /// Index jobs finished, indexed or failed, in the order the writer handed them over.
+    processed: u64,
+    /// The number (1-based) of the first job that could not be indexed, and why; every later job
+    /// fails too.
+    failure: Option<(u64, StorageError)>,
+    /// The index thread has ended (closed, or panicked): no further job will be processed.
+    stopped: bool,
+}
+
+/// Records queued for the index thread: the writer's backpressure.
+#[derive(Debug, Default)]
+struct Backlog {
+    records: usize,
+    /// The index thread has ended: nothing will drain the backlog any more.
+    stopped: bool,
+}
+
+/// Read-your-writes bookkeeping shared by the writer, the index thread and the reads.
+struct IndexProgress {
+    /// Index jobs the writer has handed over or is about to: bumped before it answers callers.
+    handed: AtomicU64,
+    /// Index jobs indexed successfully (it stops moving at a failure): the reads' fast path.
+    indexed: AtomicU64,
+    /// Wakes reads that wait for the index thread.
+    state: watch::Sender<IndexerState>,
+    backlog: Mutex<Backlog>,
+    /// Wakes the writer waiting for the backlog to shrink.
+    drained: Condvar,
+}
+
+impl Default for IndexProgress {
+    fn default() -> Self {
+        IndexProgress {
+            handed: AtomicU64::new(0),
+            indexed: AtomicU64::new(0),
+            state: watch::Sender::new(IndexerState::default()),
+            backlog: Mutex::new(Backlog::default()),
+            drained: Condvar::new(),
+        }
+    }
+}
+
+impl IndexProgress {
+    fn backlog(&self) -> MutexGuard<'_, Backlog> {
+        // The guarded state is two plain fields, valid whatever panicked while holding it.
+        self.backlog.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writer: adds `records` to the backlog, first waiting while that would exceed
+    /// [`MAX_INDEX_BACKLOG`] (never when the backlog is empty, nor once the index thread ended).
+    fn reserve_backlog(&self, records: usize) {
+        let mut backlog = self.backlog();
+        while backlog.records > 0 && backlog.records + records > MAX_INDEX_BACKLOG && !backlog.stopped {
+            backlog = self.drained.wait(backlog).unwrap_or_else(PoisonError::into_inner);
+        }
+        backlog.records += records;
+    }
+
+    /// Index thread: `records` of the backlog are done with (indexed or failed).
+    fn release_backlog(&self, records: usize) {
+        let mut backlog = self.backlog();
+        backlog.records = backlog.records.saturating_sub(records);
+        self.drained.notify_all();
+    }
+
+    /// Called by the writer before it answers the callers of a group with records.
+    fn hand_over(&self) {
+        self.handed.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Called by the index thread once it has finished `jobs` index jobs; `failure` is the error
+    /// of their commit, if it failed.
+    fn finished(&self, jobs: u64, failure: Option<&StorageError>) {
+        self.state.send_modify(|state| {
+            if let Some(error) = failure
+                && state.failure.is_none()
+            {
+                state.failure = Some((state.processed + 1, error.clone()));
+            }
+            state.processed += jobs;
+            if state.failure.is_none() {
+                self.indexed.store(state.processed, Ordering::Release);
+            }
+        });
+    }
+
+    fn stopped(&self) {
+        self.state.send_modify(|state| state.stopped = true);
+        self.backlog().stopped = true;
+        self.drained.notify_all();
+    }
+
+    /// Returns once every index job handed over before this call is indexed; an error when one
+    /// of them failed, or when the index thread stopped before reaching them.
+    async fn caught_up(&self) -> Result<(), StorageError> {
+        let target = self.handed.load(Ordering::Acquire);
+        if self.indexed.load(Ordering::Acquire) >= target {
+            return Ok(());
+        }
+        let mut state = self.state.subscribe();
+        let state = state
+            .wait_for(|state| state.processed >= target || state.failure.is_some() || state.stopped)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        match &state.failure {
+            Some((failed_job, error)) if *failed_job <= target => Err(error.clone()),
+            _ if state.processed >= target => Ok(()),
+            _ => Err(StorageError::Closed),
+        }
+    }
+}
+
+/// Marks the index thread stopped when it ends, even by a panic, so no read waits for it forever.
+struct StopsIndexProgress<'a>(&'a IndexProgress);
+
+impl Drop for StopsIndexProgress<'_> {
+    fn drop(&mut self) {
+        self.0.stopped();
+    }
+}
+
 /// The embedded store: the main file with a writer thread doing group commits, the index file
 /// with its own thread, reads on the blocking pool. Drop or [`RedbStore::close`] it to stop both
 /// threads after they finish pending jobs.
@@ -256,6 +405,7 @@ pub struct RedbStore {
     index: Arc<Database>,
     jobs: Option<mpsc::Sender<Job>>,
     index_jobs: Option<std_mpsc::Sender<IndexJob>>,
+    progress: Arc<IndexProgress>,
     writer: Option<JoinHandle<()>>,
     indexer: Option<JoinHandle<()>>,
 }
@@ -284,24 +434,45 @@ impl RedbStore {
         let watermarks = Arc::new(Watermarks::default());
         watermarks.publish(&indexed);
 
+        let progress = Arc::new(IndexProgress::default());
+
         let (index_jobs, index_receiver) = std_mpsc::channel();
         let indexer_db = Arc::clone(&index);
         let indexer_marks = Arc::clone(&watermarks);
+        let indexer_progress = Arc::clone(&progress);
         let indexer = std::thread::Builder::new()
             .name("parley-storage-indexer".into())
-            .spawn(move || run_indexer(&indexer_db, &index_receiver, &indexer_marks, indexed))?;
+            .spawn(move || {
+                let _stops = StopsIndexProgress(&indexer_progress);
+                run_indexer(
+                    &indexer_db,
+                    &index_receiver,
+                    &indexer_marks,
+                    &indexer_progress,
+                    indexed,
+                );
+            })?;
 
         let (jobs, receiver) = mpsc::channel(JOB_QUEUE_CAPACITY);
         let writer_db = Arc::clone(&db);
         let writer_index_jobs = index_jobs.clone();
+        let writer_progress = Arc::clone(&progress);
         let writer = std::thread::Builder::new()
             .name("parley-storage-writer".into())
-            .spawn(move || run_writer(&writer_db, receiver, last_ids, &writer_index_jobs, &watermarks))?;
+            .spawn(move || {
+                let handover = Handover {
+                    jobs: &writer_index_jobs,
+                    progress: &writer_progress,
+                    watermarks: &watermarks,
+                };
+                run_writer(&writer_db, receiver, last_ids, &handover);
+            })?;
         Ok(RedbStore {
             db,
             index,
             jobs: Some(jobs),
             index_jobs: Some(index_jobs),
+            progress,
             writer: Some(writer),
             indexer: Some(indexer),
         })
@@ -339,10 +510,13 @@ impl RedbStore {
         answer.await.map_err(|_| StorageError::Closed)?
     }
 
+    /// Sends a job to the index thread after the index has caught up with every append answered
+    /// before this call (the job must see them).
     async fn submit_index<T>(
         &self,
         make_job: impl FnOnce(oneshot::Sender<Result<T, StorageError>>) -> IndexJob,
     ) -> Result<T, StorageError> {
+        self.progress.caught_up().await?;
         let jobs = self.index_jobs.as_ref().ok_or(StorageError::Closed)?;
         let (reply, answer) = oneshot::channel();
         jobs.send(make_job(reply)).map_err(|_| StorageError::Closed)?;
@@ -359,10 +533,12 @@ impl RedbStore {
             .map_err(|error| StorageError::Io(Arc::new(error)))?
     }
 
+    /// Runs `work` on the index file once it holds every record appended before this call.
     async fn read_index<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Database) -> Result<T, StorageError> + Send + 'static,
     ) -> Result<T, StorageError> {
+        self.progress.caught_up().await?;
         let index = Arc::clone(&self.index);
         tokio::task::spawn_blocking(move || work(&index))
             .await
@@ -613,13 +789,20 @@ enum IndexJob {
     },
 }
 
+/// The writer's side of the hand-over to the index thread.
+struct Handover<'a> {
+    jobs: &'a std_mpsc::Sender<IndexJob>,
+    progress: &'a IndexProgress,
+    watermarks: &'a Watermarks,
+}
+
 fn run_writer(
     db: &Database,
     mut receiver: mpsc::Receiver<Job>,
     mut last_ids: HashMap<Space, u64>,
-    index_jobs: &std_mpsc::Sender<IndexJob>,
-    watermarks: &Watermarks,
+    handover: &Handover<'_>,
 ) {
+    let watermarks = handover.watermarks;
     // Journal entries at or below this are gone (0: nothing trimmed yet this run).
     let mut trimmed: HashMap<Space, u64> = HashMap::new();
     while let Some(first) = receiver.blocking_recv() {
@@ -656,10 +839,20 @@ fn run_writer(
             Ok(()) => {
                 last_ids = next_last_ids;
                 trimmed.extend(trim_to);
-                // Durable now: answer every caller; the index thread tells `visible` later.
+                // Durable now. Count the index job BEFORE answering anyone, so a caller's next
+                // read waits for it; then answer, so nobody waits for the hand-over itself.
+                if !records.is_empty() {
+                    handover.progress.hand_over();
+                }
                 group.into_iter().for_each(|job| job.finish(None));
-                if !records.is_empty() && index_jobs.send(IndexJob::Index { records, visible }).is_err() {
-                    tracing::error!("the archive index thread has stopped; records wait for the next open");
+                if !records.is_empty() {
+                    // Blocks while the index thread is too far behind (backpressure).
+                    handover.progress.reserve_backlog(records.len());
+                    if handover.jobs.send(IndexJob::Index { records, visible }).is_err() {
+                        tracing::error!(
+                            "the archive index thread has stopped; records wait for the next open"
+                        );
+                    }
                 }
             }
             Err(error) => {
@@ -748,6 +941,7 @@ fn run_indexer(
     index: &Database,
     receiver: &std_mpsc::Receiver<IndexJob>,
     watermarks: &Watermarks,
+    progress: &IndexProgress,
     mut indexed: HashMap<Space, u64>,
 ) {
     let mut last_durable = Instant::now();
@@ -779,12 +973,10 @@ fn run_indexer(
                 Err(_) => break,
             }
         }
-        if let Some(error) = &failure {
-            group
-                .into_iter()
-                .for_each(|job| finish_index_job(job, Some(error)));
-            continue;
-        }
+        let index_job_count = group
+            .iter()
+            .filter(|job| matches!(job, IndexJob::Index { .. }))
+            .count() as u64;
         let records: usize = group
             .iter()
             .map(|job| match job {
@@ -792,6 +984,14 @@ fn run_indexer(
                 IndexJob::DeleteBefore { .. } => 0,
             })
             .sum();
+        if let Some(error) = &failure {
+            progress.release_backlog(records);
+            progress.finished(index_job_count, Some(error));
+            group
+                .into_iter()
+                .for_each(|job| finish_index_job(job, Some(error)));
+            continue;
+        }
         let deletes = group
             .iter()
             .any(|job| matches!(job, IndexJob::DeleteBefore { .. }));
@@ -821,6 +1021,8 @@ fn run_indexer(
             }
         }
         let group_failure = outcome.err();
+        progress.release_backlog(records);
+        progress.finished(index_job_count, group_failure.as_ref());
         group
             .into_iter()
             .for_each(|job| finish_index_job(job, group_failure.as_ref()));
@@ -1388,7 +1590,7 @@ impl Archive for RedbStore {
                 done: Pending::new(reply),
             })
             .await?;
-        committed.visible.wait().await?;
+        // Durable; no wait for the index: reads catch up themselves (read-your-writes).
         committed
             .ids
             .first()
@@ -1505,6 +1707,162 @@ mod tests {
     async fn redb_store_concurrent_appends_get_distinct_ids() {
         let (_dir, store) = temp_store();
         conformance::concurrent_appends(Arc::new(store), 32, 40).await;
+    }
+
+    /// Many concurrent appenders, each reading right after its own commit without waiting on
+    /// `visible`: every one always sees its own record, among everybody else's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appenders_read_their_own_writes() {
+        let (_dir, store) = temp_store();
+        let store = Arc::new(store);
+        let mut tasks = tokio::task::JoinSet::new();
+        for task in 0..64i64 {
+            let store = Arc::clone(&store);
+            tasks.spawn(async move {
+                // Eight owners shared by eight tasks each; `with` tells the tasks apart.
+                let owner = format!("owner{}", task % 8);
+                let peer = format!("peer{task}");
+                for n in 0..15i64 {
+                    let record = NewRecord {
+                        timestamp_micros: n,
+                        with: peer.clone(),
+                        payload: format!("{task}/{n}").into_bytes(),
+                    };
+                    let appends = vec![ArchiveAppend {
+                        space: Space::Mam,
+                        owner: owner.clone(),
+                        record,
+                    }];
+                    let committed = store.apply_and_append(WriteBatch::new(), appends).await.unwrap();
+                    let id = committed.ids[0];
+                    let newest = ArchiveQuery {
+                        with: Some(peer.clone()),
+                        limit: 1,
+                        reverse: true,
+                        ..ArchiveQuery::default()
+                    };
+                    let page = store.query(Space::Mam, &owner, &newest).await.unwrap();
+                    assert_eq!(
+                        page.records.last().map(|record| record.id),
+                        Some(id),
+                        "{task}/{n}"
+                    );
+                    let fetched = store.get_record(Space::Mam, &owner, id).await.unwrap();
+                    assert_eq!(
+                        fetched.map(|record| record.payload),
+                        Some(format!("{task}/{n}").into_bytes())
+                    );
+                    let counted = store.count(Space::Mam, &owner, &newest).await.unwrap();
+                    assert_eq!(counted, n as u64 + 1, "{task}/{n}");
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+        let total = store
+            .count(Space::Mam, "owner0", &ArchiveQuery::default())
+            .await
+            .unwrap();
+        assert_eq!(total, 8 * 15);
+    }
+
+    async fn resolves_soon(progress: &IndexProgress) -> Option<Result<(), StorageError>> {
+        tokio::time::timeout(Duration::from_millis(50), progress.caught_up())
+            .await
+            .ok()
+    }
+
+    #[tokio::test]
+    async fn reads_wait_for_handed_jobs_only() {
+        let progress = IndexProgress::default();
+        assert!(
+            matches!(resolves_soon(&progress).await, Some(Ok(()))),
+            "nothing handed over"
+        );
+        progress.hand_over();
+        assert!(resolves_soon(&progress).await.is_none(), "a job is pending");
+        let (waiting, ()) = tokio::join!(progress.caught_up(), async { progress.finished(1, None) });
+        assert!(waiting.is_ok(), "{waiting:?}");
+        assert!(matches!(resolves_soon(&progress).await, Some(Ok(()))));
+    }
+
+    #[tokio::test]
+    async fn reads_after_an_index_failure_answer_it_instead_of_hanging() {
+        let progress = IndexProgress::default();
+        progress.hand_over();
+        progress.finished(1, None);
+        progress.hand_over();
+        progress.hand_over();
+        progress.finished(2, Some(&StorageError::Corrupt("index commit".into())));
+        let failed = resolves_soon(&progress).await;
+        assert!(
+            matches!(failed, Some(Err(StorageError::Corrupt(_)))),
+            "{failed:?}"
+        );
+        assert_eq!(
+            progress.indexed.load(Ordering::Acquire),
+            1,
+            "the fast path stops at the failure"
+        );
+
+        // A read whose jobs were all indexed before the failure is answered normally.
+        let early = IndexProgress::default();
+        early.hand_over();
+        early.finished(1, None);
+        early.finished(0, Some(&StorageError::Corrupt("durable commit".into())));
+        assert!(matches!(resolves_soon(&early).await, Some(Ok(()))));
+        early.hand_over();
+        early.finished(1, Some(&StorageError::Corrupt("durable commit".into())));
+        assert!(matches!(
+            resolves_soon(&early).await,
+            Some(Err(StorageError::Corrupt(_)))
+        ));
+    }
+
+    #[test]
+    fn writer_waits_for_the_index_backlog_only_when_it_is_full() {
+        let progress = Arc::new(IndexProgress::default());
+        progress.reserve_backlog(MAX_INDEX_BACKLOG * 2);
+        assert_eq!(
+            progress.backlog().records,
+            MAX_INDEX_BACKLOG * 2,
+            "an empty backlog takes any group"
+        );
+        let (reserved, waited) = std_mpsc::channel();
+        let writer = {
+            let progress = Arc::clone(&progress);
+            std::thread::spawn(move || {
+                progress.reserve_backlog(10);
+                reserved.send(()).unwrap();
+                progress.reserve_backlog(MAX_INDEX_BACKLOG);
+                reserved.send(()).unwrap();
+            })
+        };
+        assert!(
+            waited.recv_timeout(Duration::from_millis(100)).is_err(),
+            "the backlog is full"
+        );
+        progress.release_backlog(MAX_INDEX_BACKLOG * 2);
+        waited.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(
+            waited.recv_timeout(Duration::from_millis(100)).is_err(),
+            "10 + MAX is too many"
+        );
+        progress.stopped();
+        waited.recv_timeout(Duration::from_secs(5)).unwrap();
+        writer.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn reads_do_not_hang_on_a_stopped_index_thread() {
+        let progress = IndexProgress::default();
+        progress.hand_over();
+        {
+            let _stops = StopsIndexProgress(&progress);
+        }
+        let answer = resolves_soon(&progress).await;
+        assert!(matches!(answer, Some(Err(StorageError::Closed))), "{answer:?}");
     }
 
     #[tokio::test]
