@@ -15,7 +15,10 @@
 //! - `parley.internal`: format version and, per space, the newest id indexed (the watermark).
 //!
 //! See `codec` for the key encodings, which keep one owner's entries contiguous. Back up both
-//! files together: journal entries are dropped once the index file holds them durably.
+//! files together: journal entries are dropped once the index file holds them durably. `open`
+//! refuses two files that are not one database (an index holding more than the main file wrote,
+//! or missing records the journal no longer has); a lost index file whose records are all still
+//! in the journal is rebuilt.
 //!
 //! # Why the journal (throughput)
 //! A record in the per-owner tables dirties about four pages per owner touched, so a commit of
@@ -430,6 +433,7 @@ impl RedbStore {
         let last_ids = initialise_main(&db)?;
         let index = Arc::new(Database::create(index_path(path))?);
         let mut indexed = initialise_index(&index)?;
+        check_files_belong_together(&db, &last_ids, &indexed, path)?;
         replay_journal(&db, &index, &mut indexed)?;
         let watermarks = Arc::new(Watermarks::default());
         watermarks.publish(&indexed);
@@ -623,6 +627,51 @@ fn initialise_index(index: &Database) -> Result<HashMap<Space, u64>, StorageErro
     }
     txn.commit()?;
     Ok(indexed)
+}
+
+/// The two files must be one database: the index file may not hold more of a space than the main
+/// file ever wrote, and whatever it lacks must still be in the journal (entries leave the journal
+/// only once the index file holds them). Otherwise the index file is from another database or
+/// another time (a restore of one file without the other), and opening would mix two archives
+/// or silently lose history: refused, naming both files.
+fn check_files_belong_together(
+    db: &Database,
+    last_ids: &HashMap<Space, u64>,
+    indexed: &HashMap<Space, u64>,
+    path: &Path,
+) -> Result<(), StorageError> {
+    let txn = db.begin_read()?;
+    let journal = txn.open_table(JOURNAL_TABLE)?;
+    for space in Space::ALL {
+        let written = last_ids.get(&space).copied().unwrap_or(0);
+        let held = indexed.get(&space).copied().unwrap_or(0);
+        let mismatch = if held > written {
+            Some(format!(
+                "the index holds {held} {} records, the main file wrote only {written}",
+                space.name()
+            ))
+        } else if held < written {
+            let next = journal_key(space, held + 1);
+            let in_journal = journal.get(next.as_slice())?.is_some();
+            (!in_journal).then(|| {
+                format!(
+                    "{} records {} to {written} are neither in the index nor in the main file's journal",
+                    space.name(),
+                    held + 1
+                )
+            })
+        } else {
+            None
+        };
+        if let Some(detail) = mismatch {
+            return Err(StorageError::Corrupt(format!(
+                "{} and {} are not one database ({detail}); restore both files from the same backup",
+                path.display(),
+                index_path(path).display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Indexes every journal record above the index file's watermark (records acknowledged before a
@@ -1695,6 +1744,69 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(&dir.path().join("nested/dir/parley.redb")).unwrap();
         (dir, store)
+    }
+
+    async fn append_mam(store: &RedbStore, owner: &str, count: i64) {
+        for n in 0..count {
+            let record = NewRecord {
+                timestamp_micros: n,
+                with: "peer".into(),
+                payload: vec![b'x'],
+            };
+            store.append(Space::Mam, owner, record).await.unwrap();
+        }
+    }
+
+    fn refused(path: &Path) -> String {
+        match RedbStore::open(path) {
+            Err(StorageError::Corrupt(message)) => message,
+            Err(other) => panic!("expected Corrupt, got {other}"),
+            Ok(_) => panic!("a mismatched pair of files was opened"),
+        }
+    }
+
+    /// A main file restored (or recreated) without its index file: the index holds records the
+    /// main file never wrote, so opening would mix two archives.
+    #[tokio::test]
+    async fn an_index_file_from_another_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("parley.redb");
+        let store = RedbStore::open(&path).unwrap();
+        append_mam(&store, "alice@example.com", 5).await;
+        store.close().await.unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let message = refused(&path);
+        assert!(message.contains("are not one database"), "{message}");
+        assert!(message.contains("parley.redb.index"), "{message}");
+    }
+
+    /// An index file lost after the journal handed its records over: the history would be gone
+    /// without a word, so opening is refused; while the journal still holds everything, a new
+    /// index file is simply rebuilt from it.
+    #[tokio::test]
+    async fn a_lost_index_file_is_rebuilt_from_the_journal_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("parley.redb");
+        let owner = "alice@example.com";
+        let store = RedbStore::open(&path).unwrap();
+        append_mam(&store, owner, 5).await;
+        store.close().await.unwrap();
+        // Nothing trimmed yet: a missing index file is rebuilt from the journal.
+        std::fs::rename(index_path(&path), dir.path().join("kept.index")).unwrap();
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(
+            store
+                .count(Space::Mam, owner, &ArchiveQuery::default())
+                .await
+                .unwrap(),
+            5
+        );
+        // The next commit trims the journal up to what the index file holds durably.
+        append_mam(&store, owner, 1).await;
+        store.close().await.unwrap();
+        std::fs::remove_file(index_path(&path)).unwrap();
+        let message = refused(&path);
+        assert!(message.contains("neither in the index nor"), "{message}");
     }
 
     #[tokio::test]
