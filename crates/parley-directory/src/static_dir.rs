@@ -142,6 +142,11 @@ struct Inner {
     /// Serialises reloads and writes within this process, so each change is diffed and announced once.
     reload_lock: tokio::sync::Mutex<()>,
     changes: broadcast::Sender<DirectoryChange>,
+    /// Password checks running at once. Each argon2id verification holds ~19 MiB while it runs;
+    /// unbounded, 50 concurrent PLAIN logins (which anyone can start, before authenticating)
+    /// took the server past 1 GiB. One per core keeps the rate (they are CPU-bound) and the
+    /// memory to a few tens of MiB; the rest wait without holding memory.
+    password_checks: tokio::sync::Semaphore,
 }
 
 /// The embedded directory: a TOML file of accounts. Cheap to clone (shared state).
@@ -176,6 +181,9 @@ impl StaticDirectory {
                 }),
                 reload_lock: tokio::sync::Mutex::new(()),
                 changes,
+                password_checks: tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(2, |cores| cores.get()),
+                ),
             }),
         })
     }
@@ -401,6 +409,12 @@ impl Directory for StaticDirectory {
                 .and_then(|account| account.password_argon2id.clone())
         });
         let password = normalize_password(password).ok();
+        let _permit = self
+            .inner
+            .password_checks
+            .acquire()
+            .await
+            .map_err(|_| DirectoryError::Unavailable("the directory is shutting down".into()))?;
         run_blocking(move || {
             let known = hash.is_some() && password.is_some();
             let hash = hash.unwrap_or_else(|| dummy_hash().to_owned());
