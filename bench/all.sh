@@ -11,7 +11,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/bench/results}
 mkdir -p "$OUT"
 RUN=$ROOT/bench/run.sh
-STEPS=${STEPS:-"idle5000 idle1000 chatmax chathalf storm roster idlemax profile"}
+STEPS=${STEPS:-"idle5000 idle1000 chatmax chathalf storm ldapstorm roster idlemax profile"}
 export MD_OUT=$OUT/tables.md
 PEERS=${PEERS:-"parley prosody ejabberd"}
 PEERS_MAM=${PEERS_MAM:-"parley prosody prosody_mam ejabberd ejabberd_mam"}
@@ -34,6 +34,8 @@ for step in $STEPS; do
             SERVERS=$PEERS_MAM "$RUN" chat --sessions "$CHAT_SESSIONS" --rate "$rate" \
                 --duration "$CHAT_SECONDS" ;;
         storm) SERVERS=$PEERS "$RUN" login-storm --sessions 3000 --concurrency 50 ;;
+        # Parley only: LDAP accounts in a private slapd, beside local accounts (PLAIN and SCRAM).
+        ldapstorm) "$ROOT/bench/ldap-storm.sh" --sessions 3000 --concurrency 50 | tee "$OUT/ldap-storm.txt" ;;
         roster) SERVERS=$PEERS "$RUN" roster-login --sessions 1000 --group-size 500 --settle 20s ;;
         # RLIMIT_NOFILE is 20000 (hard) for both the tool and the server: one descriptor per
         # session on each side, plus the runtime's own.
