@@ -242,14 +242,36 @@ fn split_import_groups(rest: &str) -> (&str, Vec<String>) {
     (rest, Vec::new())
 }
 
-/// mimalloc instead of glibc's malloc: with thousands of sessions allocating and freeing small
-/// buffers on every stanza, glibc spent ~19 % of the CPU at chat saturation (one arena, capped
-/// to keep idle sessions small); mimalloc's per-thread free lists delivered 12-17 % more
-/// messages/s and left idle sessions smaller still (docs/benchmarks.md has both figures).
+/// The allocator is a trade-off measured with `bench/` (docs/benchmarks.md): glibc's malloc with
+/// one arena keeps an idle TLS session at ~10.5 KiB; mimalloc (`--features mimalloc`) delivers
+/// ~6 % more chat messages per second but costs ~18 KiB per idle session. The default keeps
+/// memory per session, which decides how many users one machine holds.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Caps glibc's malloc arenas before any thread starts. By default glibc gives each thread
+/// its own arena (up to 8 per core); the transient allocations of thousands of TLS and SASL
+/// handshakes spread over them leave holes between long-lived session state, and an idle
+/// session ended up costing ~9 KiB more resident memory than with one arena.
+/// `MALLOC_ARENA_MAX`, if set, still wins.
+#[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
+#[allow(unsafe_code)]
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only adjusts allocator parameters; it is called once, first thing in
+        // main, before the runtime's threads exist.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc"))))]
+fn limit_malloc_arenas() {}
+
 fn main() -> std::process::ExitCode {
+    limit_malloc_arenas();
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime.block_on(run()),
         Err(e) => {
