@@ -17,6 +17,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/bench/certs.sh"
 LOAD=${LOAD_BIN:-$ROOT/target/release/parley-load}
 PARLEY_BIN=${PARLEY_BIN:-$ROOT/target/release/parley}
 DIR=${LDAP_RUN_DIR:-/tmp/parley-bench/ldap}
@@ -75,21 +76,8 @@ wait_port() { # port pid log
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime of the whole process
 
-# Certificates: the same openssl commands as bench/run.sh (throw-away CA, P-256 leaf), plus an
-# IP SAN because Parley verifies slapd's certificate against the 127.0.0.1 of its URL.
-if [[ ! -f $DIR/certs/cert.pem ]]; then
-    (
-        mkdir -p "$DIR/certs" && cd "$DIR/certs"
-        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-            -subj "/CN=Parley bench CA" -keyout ca.key -out ca.crt 2>/dev/null
-        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=localhost" \
-            -keyout key.pem -out leaf.csr 2>/dev/null
-        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > ext.cnf
-        openssl x509 -req -in leaf.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 \
-            -extfile ext.cnf -out leaf.crt 2>/dev/null
-        cat leaf.crt ca.crt > cert.pem
-    ) || die "certificate generation failed"
-fi
+# Certificates: a throw-away CA and leaf whose IP SAN lets Parley verify slapd at 127.0.0.1.
+bench_certs "$DIR/certs" || die "certificate generation failed"
 CA=$DIR/certs/ca.crt
 
 # slapd: mdb with the indexes a real directory has, ppolicy (Parley's default user_filter tests

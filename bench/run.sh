@@ -21,6 +21,7 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/bench/certs.sh"
 LOAD=${LOAD_BIN:-$ROOT/target/release/parley-load}
 PARLEY_BIN=${PARLEY_BIN:-$ROOT/target/release/parley}
 SCENARIO=${1:?usage: bench/run.sh idle|login-storm|chat|roster-login [scenario args]}
@@ -59,20 +60,7 @@ PARLEY_DIR=${PARLEY_RUN_DIR:-/tmp/parley-bench/parley}
 parley_start() {
     [[ -x $PARLEY_BIN ]] || { echo "parley: build it with cargo build --release -p parley-server" >&2; return 1; }
     PORT=${PARLEY_PORT:-5222}
-    mkdir -p "$PARLEY_DIR/certs"
-    if [[ ! -f $PARLEY_DIR/certs/cert.pem ]]; then
-        (
-            cd "$PARLEY_DIR/certs"
-            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-                -subj "/CN=Parley bench CA" -keyout ca.key -out ca.crt 2>/dev/null
-            openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=localhost" \
-                -keyout key.pem -out leaf.csr 2>/dev/null
-            printf 'subjectAltName=DNS:localhost\n' > ext.cnf
-            openssl x509 -req -in leaf.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 \
-                -extfile ext.cnf -out leaf.crt 2>/dev/null
-            cat leaf.crt ca.crt > cert.pem
-        ) || return 1
-    fi
+    bench_certs "$PARLEY_DIR/certs" || return 1
     printf '%s\n' \
         '[server]' 'domain = "localhost"' "data_dir = \"$PARLEY_DIR/data\"" \
         '[tls]' "cert = \"$PARLEY_DIR/certs/cert.pem\"" "key = \"$PARLEY_DIR/certs/key.pem\"" \
