@@ -11,6 +11,8 @@ use tokio_xmpp::parsers::message::Message;
 use tokio_xmpp::parsers::stanza_error::DefinedCondition;
 use tokio_xmpp::{IqRequest, IqResponse, Stanza};
 
+use parley_directory::{PersonDetails, StaticDirectory};
+
 use crate::client::harness::{XmppClient, bare, start_server, xml};
 
 const MAM: &str = "urn:xmpp:mam:2";
@@ -410,4 +412,51 @@ async fn mam_prefs_never_hide_a_contact_from_the_user_but_not_from_compliance() 
         .filter_map(|line| line.rsplit('\t').next())
         .collect();
     assert_eq!(bodies, ["secret plan", "lunch?", "sure"], "{stdout}");
+}
+
+/// XEP-0313 §6.1: with `default='roster'`, the user's own history shows only conversations with
+/// the contacts on their roster; switching back to `always` shows everything again, because
+/// preferences never change what is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mam_prefs_roster_default_shows_only_roster_contacts() {
+    let mut server = start_server(|_| {}).await;
+    StaticDirectory::open(server.config.static_directory_path())
+        .await
+        .expect("the user file")
+        .add_user("carol", "carol-secret", PersonDetails::default())
+        .await
+        .expect("adding carol");
+    let (mut alice, mut bob) = alice_and_bob(&server).await;
+    // bob is on alice's roster, carol is not.
+    alice
+        .iq_ok(
+            None,
+            IqRequest::Set(xml(
+                "<query xmlns='jabber:iq:roster'><item jid='bob@localhost' name='Bob'/></query>",
+            )),
+        )
+        .await;
+    let mut carol = XmppClient::login(&server, "carol", "carol-secret", "desk").await;
+    for (sender, body) in [(&mut bob, "from bob"), (&mut carol, "from carol")] {
+        sender.send(chat("alice@localhost", body)).await;
+        alice
+            .expect_message(body, |m| body_of(m).as_deref() == Some(body))
+            .await;
+    }
+
+    let set_default =
+        |default: &str| IqRequest::Set(xml(&format!("<prefs xmlns='{MAM}' default='{default}'/>")));
+    alice.iq_ok(None, set_default("roster")).await;
+    let page = query(&mut alice, "", "").await;
+    assert_eq!(page.bodies(), ["from bob"], "only the roster contact");
+    assert_eq!(page.rsm("count").as_deref(), Some("1"));
+
+    alice.iq_ok(None, set_default("always")).await;
+    let page = query(&mut alice, "", "").await;
+    assert_eq!(page.bodies(), ["from bob", "from carol"]);
+
+    for client in [alice, bob, carol] {
+        client.logout().await;
+    }
+    server.stop().await;
 }

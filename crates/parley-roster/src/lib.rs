@@ -96,6 +96,21 @@ impl RosterModule {
     }
 }
 
+impl RosterModule {
+    /// The bare JIDs on `owner`'s roster as clients see it: stored items and shared contacts
+    /// (for other modules' "roster" settings, such as MAM's `default='roster'`).
+    pub async fn contacts(&self, owner: &BareJid) -> Result<Vec<BareJid>, RosterError> {
+        Ok(self
+            .core
+            .view(owner)
+            .await?
+            .items
+            .into_iter()
+            .map(|item| item.jid)
+            .collect())
+    }
+}
+
 impl Module for RosterModule {
     fn name(&self) -> &'static str {
         "roster"

@@ -384,6 +384,23 @@ mod modules {
         ))
     }
 
+    /// MAM's `default='roster'` preference reads the roster as clients see it.
+    struct RosterOfModule(Arc<RosterModule>);
+
+    #[async_trait::async_trait]
+    impl parley_archive::RosterContacts for RosterOfModule {
+        async fn contacts(&self, owner: &BareJid) -> Vec<String> {
+            match self.0.contacts(owner).await {
+                Ok(contacts) => contacts.iter().map(ToString::to_string).collect(),
+                Err(error) => {
+                    // Showing nobody is the safe reading of "only my contacts" when unknown.
+                    tracing::warn!(%owner, %error, "roster unreadable for MAM preferences");
+                    Vec::new()
+                }
+            }
+        }
+    }
+
     /// vcard-temp, answered from the directory for the people it describes.
     fn vcards(config: &Config, kv: &Arc<dyn KeyValue>, directory: &Arc<dyn Directory>) -> VcardModule {
         let module = VcardModule::new(
@@ -418,19 +435,19 @@ mod modules {
             Err(_) => builder,
         };
         let archive: Arc<dyn parley_storage::Archive> = store.clone();
+        let roster = Arc::new(RosterModule::with_shared_groups(
+            kv.clone(),
+            RosterOptions {
+                max_items: config.roster.max_items,
+            },
+            shared_groups(config, directory),
+        ));
         builder
-            .module(Arc::new(MamModule::new(
-                archive,
-                kv.clone(),
-                MamOptions::default(),
-            )))
-            .module(Arc::new(RosterModule::with_shared_groups(
-                kv.clone(),
-                RosterOptions {
-                    max_items: config.roster.max_items,
-                },
-                shared_groups(config, directory),
-            )))
+            .module(Arc::new(
+                MamModule::new(archive, kv.clone(), MamOptions::default())
+                    .with_roster(Arc::new(RosterOfModule(roster.clone()))),
+            ))
+            .module(roster)
             .module(Arc::new(DiscoModule::new(disco.clone())))
             .module(Arc::new(CapsModule::new(disco)))
             .module(Arc::new(PingModule::new()))
