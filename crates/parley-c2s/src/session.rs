@@ -48,6 +48,8 @@ pub struct C2sSettings {
     pub close_timeout: Duration,
     pub limits: Limits,
     pub outbound_queue: usize,
+    /// Most bytes (estimated) queued for one session before it is closed as too slow.
+    pub outbound_queue_bytes: usize,
     pub max_connections_per_ip: usize,
     pub mechanisms: Vec<Mechanism>,
     pub max_auth_attempts: u32,
@@ -358,7 +360,9 @@ async fn authenticate_and_run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static
     })?;
     let account = BareJid::from_parts(Some(&node), ctx.settings.domain.domain());
     let queue = mpsc::channel(ctx.settings.outbound_queue);
-    let control = Arc::new(SessionControl::default());
+    let control = Arc::new(SessionControl::with_byte_budget(
+        ctx.settings.outbound_queue_bytes,
+    ));
     let (jid, id) = negotiate(&mut conn, deadline, async |conn| {
         let mut features = Element::builder("features", ns::STREAM)
             .append(Element::bare("bind", ns::BIND))
@@ -575,10 +579,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
                 reason = control.closed() => break Err(reason),
                 outbound = self.queue.recv() => {
                     let Some(Outbound::Stanza(stanza)) = outbound else { break Ok(()) };
-                    self.conn.queue(stanza.element());
+                    self.take(&stanza);
                     for _ in 1..WRITE_BATCH {
                         match self.queue.try_recv() {
-                            Ok(Outbound::Stanza(stanza)) => self.conn.queue(stanza.element()),
+                            Ok(Outbound::Stanza(stanza)) => self.take(&stanza),
                             Err(_) => break,
                         }
                     }
@@ -642,6 +646,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
             }
             Err(error) => Box::pin(self.close_with(error, close_timeout)).await,
         }
+    }
+
+    /// Moves a stanza from the router's queue into the connection's write buffer, returning its
+    /// share of the session's byte budget.
+    fn take(&mut self, stanza: &Stanza) {
+        self.control
+            .release(parley_proto::writer::approximate_size(stanza.element()));
+        self.conn.queue(stanza.element());
     }
 
     /// Sends the stream error and gives the client a moment to close its side (RFC 6120 §4.4).

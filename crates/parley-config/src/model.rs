@@ -171,6 +171,9 @@ pub struct C2sConfig {
     /// twice `roster.max_shared_contacts`. Queue slots are allocated as they fill, so an idle
     /// session costs the same whatever the bound.
     pub outbound_queue: usize,
+    /// Bytes of stanzas queued for one session before it is treated as too slow and
+    /// disconnected (estimated; at least `max_stanza_size`).
+    pub outbound_queue_bytes: ByteSize,
     /// Most simultaneous resources (connected clients) per account.
     pub max_resources_per_account: usize,
     /// Most simultaneous connections from one IP address.
@@ -196,6 +199,7 @@ impl Default for C2sConfig {
             max_attributes: 64,
             max_token_size: ByteSize::kib(64),
             outbound_queue: 16_384,
+            outbound_queue_bytes: ByteSize::mib(8),
             max_resources_per_account: 16,
             max_connections_per_ip: 256,
             sasl_mechanisms: KNOWN_SASL_MECHANISMS

@@ -239,6 +239,12 @@ fn check_c2s(config: &Config, report: &mut Report) {
     }
     positive_count("c2s.max_attributes", c2s.max_attributes, report);
     positive_count("c2s.outbound_queue", c2s.outbound_queue, report);
+    if c2s.outbound_queue_bytes < c2s.max_stanza_size {
+        report.reject(
+            "c2s.outbound_queue_bytes",
+            "must be at least c2s.max_stanza_size, or a stanza of the largest size could never be sent",
+        );
+    }
     positive_count(
         "c2s.max_resources_per_account",
         c2s.max_resources_per_account,
@@ -747,7 +753,17 @@ mod tests {
                 "missing {path:?} in {errors:#?}"
             );
         }
-        assert!(Config::from_toml_str("[c2s]\nmax_stanza_size = \"16MiB\"\n").is_ok());
+        assert!(
+            Config::from_toml_str("[c2s]\nmax_stanza_size = \"16MiB\"\noutbound_queue_bytes = \"16MiB\"\n")
+                .is_ok()
+        );
+        assert_eq!(
+            rejected("[c2s]\nmax_stanza_size = \"16MiB\"\n"),
+            [
+                "c2s.outbound_queue_bytes: must be at least c2s.max_stanza_size, or a stanza of the largest \
+              size could never be sent"
+            ]
+        );
         assert_eq!(
             rejected("[c2s]\nmax_stanza_size = \"1KiB\"\nmax_token_size = \"2KiB\"\n"),
             ["c2s.max_token_size: must not exceed c2s.max_stanza_size"]

@@ -2,7 +2,7 @@
 
 use parley_proto::{BareJid, Element, FullJid, Stanza, StreamError, StreamErrorCondition};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -17,14 +17,63 @@ pub enum Outbound {
     Stanza(Box<Stanza>),
 }
 
-/// Lets the router end a session from outside (conflict, slow consumer, account disabled).
-#[derive(Debug, Default)]
+/// Lets the router end a session from outside (conflict, slow consumer, account disabled), and
+/// keeps the memory budget of what is queued for it.
+#[derive(Debug)]
 pub struct SessionControl {
     token: CancellationToken,
     reason: Mutex<Option<StreamError>>,
+    /// Estimated bytes (`parley_proto::writer::approximate_size`) of stanzas queued and not yet
+    /// taken by the session.
+    queued_bytes: AtomicUsize,
+    byte_budget: usize,
+}
+
+impl Default for SessionControl {
+    /// No byte budget (the queue's slot bound still applies).
+    fn default() -> Self {
+        Self::with_byte_budget(usize::MAX)
+    }
 }
 
 impl SessionControl {
+    /// A session whose queued stanzas may hold at most `byte_budget` bytes (estimated): a slot
+    /// bound alone would let a slow reader hold thousands of maximum-size stanzas.
+    pub fn with_byte_budget(byte_budget: usize) -> Self {
+        Self {
+            token: CancellationToken::new(),
+            reason: Mutex::new(None),
+            queued_bytes: AtomicUsize::new(0),
+            byte_budget,
+        }
+    }
+
+    /// Whether the session was asked to close.
+    pub fn is_closed(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Counts `bytes` as queued; false, counting nothing, when that would pass the budget.
+    pub fn reserve(&self, bytes: usize) -> bool {
+        self.queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                queued
+                    .checked_add(bytes)
+                    .filter(|total| *total <= self.byte_budget)
+            })
+            .is_ok()
+    }
+
+    /// The session took `bytes` (as reserved) off its queue.
+    pub fn release(&self, bytes: usize) {
+        // Saturating: a stanza queued without a reservation (tests, other queues) never wraps it.
+        let _ = self
+            .queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                Some(queued.saturating_sub(bytes))
+            });
+    }
+
     /// Asks the session to close with this stream error; the first reason wins. True for that
     /// first call, so its cause is logged once, not for every stanza that finds it closing.
     pub fn close(&self, reason: StreamError) -> bool {
@@ -242,38 +291,63 @@ impl SessionTable {
         let unqueued = |outbound: Outbound| match outbound {
             Outbound::Stanza(stanza) => stanza,
         };
+        let control = &resource.control;
+        let size = parley_proto::writer::approximate_size(stanza.element());
+        if !control.reserve(size) {
+            Self::close_slow(jid, control, "bytes");
+            return Err(Box::new(stanza));
+        }
         match resource.queue.try_send(Outbound::Stanza(Box::new(stanza))) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(outbound)) => {
-                let first = resource.control.close(StreamError::with_text(
-                    StreamErrorCondition::PolicyViolation,
-                    "Too many stanzas waiting to be read",
-                ));
-                if first {
-                    tracing::warn!(%jid, "outbound queue full; closing the session");
-                }
+                control.release(size);
+                Self::close_slow(jid, control, "stanzas");
                 Err(unqueued(outbound))
             }
-            Err(mpsc::error::TrySendError::Closed(outbound)) => Err(unqueued(outbound)),
+            Err(mpsc::error::TrySendError::Closed(outbound)) => {
+                control.release(size);
+                Err(unqueued(outbound))
+            }
+        }
+    }
+
+    /// A session that lets its queue fill up is too slow to keep up: closed, never buffered
+    /// without bound; logged once.
+    fn close_slow(jid: &FullJid, control: &SessionControl, limit: &'static str) {
+        let first = control.close(StreamError::with_text(
+            StreamErrorCondition::PolicyViolation,
+            "Too many stanzas waiting to be read",
+        ));
+        if first {
+            tracing::warn!(%jid, limit, "outbound queue full; closing the session");
         }
     }
 
     /// Like `send`, but waits up to `patience` for queue space instead of closing the session.
     pub async fn send_waiting(&self, jid: &FullJid, stanza: Stanza, patience: std::time::Duration) -> bool {
-        let queue = {
+        let (queue, control) = {
             let accounts = self.read();
             match accounts
                 .get(&jid.to_bare())
                 .and_then(|rs| rs.iter().find(|r| r.info.jid == *jid))
             {
-                Some(resource) => resource.queue.clone(),
+                Some(resource) => (resource.queue.clone(), resource.control.clone()),
                 None => return false,
             }
         };
-        matches!(
+        // A backlog stops at the byte budget (its sender keeps the rest) rather than waiting.
+        let size = parley_proto::writer::approximate_size(stanza.element());
+        if !control.reserve(size) {
+            return false;
+        }
+        let sent = matches!(
             tokio::time::timeout(patience, queue.send(Outbound::Stanza(Box::new(stanza)))).await,
             Ok(Ok(()))
-        )
+        );
+        if !sent {
+            control.release(size);
+        }
+        sent
     }
 
     /// Closes every session of an account with `reason`.

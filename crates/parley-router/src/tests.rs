@@ -301,6 +301,49 @@ async fn a_consumer_too_slow_for_its_queue_is_closed_not_buffered() {
     );
 }
 
+/// The byte budget closes a reader of large stanzas long before its slot bound would; what the
+/// session takes off its queue makes room again.
+#[tokio::test]
+async fn a_queue_of_large_stanzas_is_bounded_by_bytes() {
+    let router = router_with(vec![]);
+    let alice = bind(&router, "alice@example.org/a", 64).await;
+    let jid = FullJid::new("bob@example.org/b").unwrap();
+    let (tx, mut rx) = mpsc::channel(1024);
+    let control = Arc::new(SessionControl::with_byte_budget(20_000));
+    router.bind(jid.clone(), tx, control.clone()).await.unwrap();
+    let large = || {
+        message(&alice.jid, "bob@example.org/b", "chat").with_child(
+            Element::builder("x", "urn:example:pad")
+                .append("p".repeat(6_000))
+                .build(),
+        )
+    };
+    for _ in 0..3 {
+        router.submit(large()).await;
+    }
+    assert!(!control.is_closed(), "three of ~6 KB fit in 20 KB");
+    // The session takes one off its queue and gives its bytes back: room for one more.
+    let Ok(Outbound::Stanza(taken)) = rx.try_recv() else {
+        panic!("a queued stanza")
+    };
+    control.release(parley_proto::writer::approximate_size(taken.element()));
+    router.submit(large()).await;
+    assert!(!control.is_closed());
+    router.submit(large()).await;
+    let reason = tokio::time::timeout(std::time::Duration::from_secs(1), control.closed())
+        .await
+        .unwrap();
+    assert_eq!(
+        reason.condition,
+        parley_proto::StreamErrorCondition::PolicyViolation
+    );
+    assert_eq!(
+        std::iter::from_fn(|| rx.try_recv().ok()).count(),
+        3,
+        "nothing past the budget"
+    );
+}
+
 struct Refuse(AtomicUsize);
 #[async_trait]
 impl ComplianceStage for Refuse {

@@ -196,6 +196,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             max_token_bytes: c2s.max_token_size.to_usize(),
         },
         outbound_queue: c2s.outbound_queue,
+        outbound_queue_bytes: c2s.outbound_queue_bytes.to_usize(),
         max_connections_per_ip: c2s.max_connections_per_ip,
         mechanisms: mechanisms(&c2s.sasl_mechanisms),
         max_auth_attempts: 3,
