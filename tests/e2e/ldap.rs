@@ -281,6 +281,32 @@ async fn logins_work_when_the_first_of_two_servers_is_down() {
     server.stop().await;
 }
 
+/// A user bind reuses an earlier bind's connection (LDAP allows rebinding): twenty sequential
+/// logins, right and wrong passwords alike, keep using one connection, and the answers stay
+/// right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_binds_reuse_their_connections() {
+    let Some(slapd) = slapd() else { return };
+    let directory = LdapDirectory::start(&slapd.ldap_config())
+        .await
+        .expect("the directory starts");
+    assert_eq!(directory.idle_bind_connections(), 0);
+    for round in 0..10 {
+        assert_eq!(
+            directory.authenticate("alice", "alice-secret").await.unwrap(),
+            AuthOutcome::Accepted,
+            "round {round}"
+        );
+        assert_eq!(
+            directory.authenticate("alice", "wrong").await.unwrap(),
+            AuthOutcome::Rejected,
+            "round {round}"
+        );
+        // One at a time, every bind took the connection the one before left.
+        assert_eq!(directory.idle_bind_connections(), 1, "round {round}");
+    }
+}
+
 /// An Active-Directory-like layout over LDAPS: `sAMAccountName` logins, the
 /// `userAccountControl` disabled bit, DNs with commas and spaces, `memberOf` groups.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -165,6 +165,11 @@ impl LdapDirectory {
     }
 
     /// Each configured server and whether it is currently considered up.
+    /// Connections kept open for the next user bind (diagnostics).
+    pub fn idle_bind_connections(&self) -> usize {
+        self.inner.pool.idle_bind_connections()
+    }
+
     pub fn server_status(&self) -> Vec<(String, bool)> {
         self.inner.pool.status()
     }
