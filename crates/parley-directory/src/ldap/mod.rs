@@ -3,7 +3,8 @@
 //!
 //! - **Login** searches the user's entry with the service account (the configured user filter,
 //!   which carries the "enabled" condition, AND the localpart attribute, escaped), then binds as
-//!   that entry with the given password on a fresh connection. Nothing is cached, so a changed
+//!   that entry with the given password on a connection used only for user binds (reused by the
+//!   next bind, never for searches). No password or result is cached, so a changed
 //!   password or a disabled account takes effect at the next login. No server reachable gives
 //!   [`DirectoryError::Unavailable`] (clients see `temporary-auth-failure`).
 //! - **People and groups** come from a [`Snapshot`] read in full at start, re-read when the
