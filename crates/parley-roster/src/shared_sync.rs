@@ -6,8 +6,9 @@
 use crate::item::removed_item;
 use crate::presence::{send_current_presence, send_unavailable_from_all};
 use crate::{ContactsChange, Core, SharedContact};
-use parley_proto::Jid;
+use parley_proto::{BareJid, Jid};
 use parley_router::Router;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -32,8 +33,10 @@ pub(crate) fn start_once(core: &Arc<Core>, router: &Router) {
     });
 }
 
-fn find<'a>(contacts: &'a [SharedContact], jid: &parley_proto::BareJid) -> Option<&'a SharedContact> {
-    contacts.iter().find(|contact| contact.jid == *jid)
+/// Contacts by JID: a change of a large group touches thousands of rosters of thousands of
+/// contacts each, so lookups must not be linear.
+fn by_jid(contacts: &[SharedContact]) -> HashMap<&BareJid, &SharedContact> {
+    contacts.iter().map(|contact| (&contact.jid, contact)).collect()
 }
 
 impl Core {
@@ -52,21 +55,21 @@ impl Core {
             }
         };
         let account_jid = Jid::from(account.clone());
+        let (old_contacts, new_contacts) = (by_jid(&before), by_jid(&after));
+        let shown: HashMap<&BareJid, _> = view.items.iter().map(|item| (&item.jid, item)).collect();
         let mut touched: Vec<&SharedContact> = after.iter().collect();
-        touched.extend(before.iter().filter(|old| find(&after, &old.jid).is_none()));
+        touched.extend(before.iter().filter(|old| !new_contacts.contains_key(&old.jid)));
         for contact in touched {
-            let old = find(&before, &contact.jid);
-            let new = find(&after, &contact.jid);
+            let old = old_contacts.get(&contact.jid).copied();
+            let new = new_contacts.get(&contact.jid).copied();
             if old == new {
                 continue;
             }
             // What the roster now shows for this contact: merged with a personal item, the
             // personal item alone, or nothing.
-            let item = view
-                .items
-                .iter()
-                .find(|item| item.jid == contact.jid)
-                .cloned()
+            let item = shown
+                .get(&contact.jid)
+                .map(|item| (*item).clone())
                 .unwrap_or_else(|| removed_item(&contact.jid));
             self.push_with_ver(router, &account, item, view.ver.clone());
             match (old, new) {
