@@ -350,7 +350,9 @@ impl Router {
                 .await;
         }
         let account = to.to_bare();
-        if !self.account_exists(&account).await {
+        // An account with a bound session exists (the directory ends the sessions of accounts
+        // it removes): only messages to offline accounts need the directory lookup.
+        if !self.0.sessions.is_online(&account) && !self.account_exists(&account).await {
             return self
                 .bounce(&stanza, error(StanzaErrorCondition::ServiceUnavailable))
                 .await;
