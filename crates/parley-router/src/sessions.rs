@@ -256,12 +256,6 @@ impl SessionTable {
             .map(|r| r.info.clone())
     }
 
-    pub fn has_resource(&self, jid: &FullJid) -> bool {
-        self.read()
-            .get(&jid.to_bare())
-            .is_some_and(|resources| resources.iter().any(|r| r.info.jid == *jid))
-    }
-
     pub fn is_online(&self, account: &BareJid) -> bool {
         self.read().contains_key(account)
     }
