@@ -15,7 +15,8 @@
 # (default 1) with taskset; PIN=0 turns pinning off. MD_OUT=file appends the table as Markdown.
 # PARLEY_BIN and LOAD_BIN override the binaries (default: target/release/parley, parley-load).
 # PARLEY_OUTBOUND_QUEUE sets [c2s] outbound_queue (unset: Parley's default, 16384).
-# PROFILE=file records a perf profile of Parley (PROFILE_SECONDS after PROFILE_DELAY).
+# PROFILE=file records a perf profile of Parley (PROFILE_SECONDS after PROFILE_DELAY); PERF_ARGS adds
+# perf record options, e.g. PERF_ARGS="--call-graph dwarf,16384" for call stacks.
 # Accounts are in shared groups of GROUP_SIZE (default 500, or --group-size) members; only
 # roster-login turns the shared groups on.
 set -uo pipefail
@@ -183,7 +184,7 @@ for server in $SERVERS; do
     if [[ -n ${PROFILE:-} && $server == parley ]] && command -v perf >/dev/null; then
         # Timer-based sampling (cpu-clock works in VMs without hardware counters), started
         # after PROFILE_DELAY seconds so the login ramp is left out.
-        (sleep "${PROFILE_DELAY:-15}"; timeout 120 perf record -e cpu-clock -F 999 -p "$PID" -o "$PROFILE" \
+        (sleep "${PROFILE_DELAY:-15}"; timeout 120 perf record ${PERF_ARGS:-} -e cpu-clock -F 999 -p "$PID" -o "$PROFILE" \
             -- sleep "${PROFILE_SECONDS:-10}") >/dev/null 2>&1 &
         profiler=$!
     fi
