@@ -43,18 +43,6 @@ pub(crate) fn record_key(owner: &str, id: u64) -> Vec<u8> {
     out
 }
 
-pub(crate) fn ordered_timestamp(timestamp_micros: i64) -> [u8; 8] {
-    ((timestamp_micros as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-/// Time index key: owner, timestamp, id.
-pub(crate) fn time_key(owner: &str, timestamp_micros: i64, id: u64) -> Vec<u8> {
-    let mut out = owner_prefix(owner);
-    out.extend_from_slice(&ordered_timestamp(timestamp_micros));
-    out.extend_from_slice(&id.to_be_bytes());
-    out
-}
-
 /// `with` index key: owner, length-prefixed `with`, id.
 pub(crate) fn with_key(owner: &str, with: &str, id: u64) -> Vec<u8> {
     let mut out = owner_prefix(owner);
@@ -189,17 +177,6 @@ mod tests {
         assert!(!short.starts_with(&owner_prefix("alice")));
         assert!(!long.starts_with(&owner_prefix("al")));
         assert!(short.starts_with(&owner_prefix("al")));
-    }
-
-    #[test]
-    fn timestamps_sort_numerically_including_negatives() {
-        let values = [i64::MIN, -5, -1, 0, 1, 7, i64::MAX];
-        for pair in values.windows(2) {
-            assert!(time_key("o", pair[0], 9) < time_key("o", pair[1], 0));
-        }
-        let key = time_key("owner", -42, 7);
-        assert_eq!(&key[owner_prefix("owner").len()..][..8], ordered_timestamp(-42));
-        assert_eq!(trailing_id(&key).unwrap(), 7);
     }
 
     #[test]

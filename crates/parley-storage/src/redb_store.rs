@@ -9,7 +9,6 @@
 //!
 //! The index file (`<path>.index`) holds the archive as queries need it, per space:
 //! - `records`: `(owner, id) -> (timestamp, with, payload)`.
-//! - `by_time`: `(owner, timestamp, id) -> ()`.
 //! - `by_with`: `(owner, with, id) -> timestamp`.
 //! - `owners`: `owner -> (count, max timestamp, max lag)`.
 //! - `parley.internal`: format version and, per space, the newest id indexed (the watermark).
@@ -57,16 +56,20 @@
 //! carries the timestamp so a time range is checked without touching the record; only the page's
 //! records are then fetched.
 //!
-//! A time range maps to an id range through `by_time`. `owners` tracks, per owner, the most any
-//! record's timestamp fell behind the newest one appended before it (the lag `L`: 0 when
+//! A time range maps to an id range by binary search over the owner's `records`, since an
+//! owner's timestamps grow with its ids up to a bounded lag. `owners` tracks, per owner, the most
+//! any record's timestamp fell behind the newest one appended before it (the lag `L`: 0 when
 //! timestamps never decrease, a few milliseconds of jitter when concurrent sessions stamp records
-//! just before they reach the writer). The newest record older than `start - L` bounds ids from
-//! below and the oldest newer than `end + L` bounds them from above (reasoning on
-//! `codec::OwnerStats`); the scan in between still checks timestamps. A clock that once stepped
-//! back an hour makes that owner's range queries scan up to an hour more, never answer wrongly.
+//! just before they reach the writer). So a record stamped before `start - L` has only records
+//! older than `start` below it, and one stamped after `end + L` only records newer than `end`
+//! above it (reasoning on `codec::OwnerStats`); each probe of the search is one B-tree descent,
+//! and the scan in between still checks timestamps. A clock that once stepped back an hour makes
+//! that owner's range queries scan up to an hour more, never answer wrongly. (Format 2 kept a
+//! per-owner `by_time` table for this: one more random B-tree insert per record, about 7 % of
+//! chat throughput at saturation. `open` drops it from older index files.)
 //!
-//! `count` without filters is O(1) from `owners`; with a time range or `with` it counts index
-//! keys (no record is read).
+//! `count` without filters is O(1) from `owners`; with `with` it counts index keys, with only a
+//! time range it scans the records between the searched bounds.
 //!
 //! # Writes: group commit
 //! One writer thread owns the main file's write transactions. `apply`, `append`,
@@ -107,9 +110,11 @@ use crate::{
 
 type Bytes = &'static [u8];
 
-/// Version of the on-disk layout described in the module documentation (1: archive tables in the
-/// main file, no journal).
+/// Version of the main file's layout described in the module documentation (1: archive tables in
+/// the main file, no journal).
 const FORMAT_VERSION: u64 = 2;
+/// Version of the index file's layout (2: with a per-owner `by_time` table, dropped on open).
+const INDEX_FORMAT_VERSION: u64 = 3;
 const INTERNAL_TABLE: TableDefinition<Bytes, Bytes> = TableDefinition::new("parley.internal");
 const JOURNAL_TABLE: TableDefinition<Bytes, Bytes> = TableDefinition::new("parley.journal");
 const FORMAT_KEY: &[u8] = b"format_version";
@@ -139,29 +144,27 @@ const MAX_INDEX_BACKLOG: usize = 65_536;
 enum TableKind {
     Kv,
     Records,
-    ByTime,
     ByWith,
     Owners,
 }
 
 impl TableKind {
     /// The per-space tables of the index file.
-    const INDEX: [TableKind; 4] = [
-        TableKind::Records,
-        TableKind::ByTime,
-        TableKind::ByWith,
-        TableKind::Owners,
-    ];
+    const INDEX: [TableKind; 3] = [TableKind::Records, TableKind::ByWith, TableKind::Owners];
 
     fn suffix(self) -> &'static str {
         match self {
             TableKind::Kv => "kv",
             TableKind::Records => "records",
-            TableKind::ByTime => "by_time",
             TableKind::ByWith => "by_with",
             TableKind::Owners => "owners",
         }
     }
+}
+
+/// The per-owner time index of index format 2, which format 3 replaced by a search over `records`.
+fn legacy_time_table(space: Space) -> String {
+    format!("{}.by_time", space.name())
 }
 
 fn table_name(space: Space, kind: TableKind) -> String {
@@ -566,22 +569,37 @@ impl Drop for RedbStore {
 }
 
 /// Checks (or writes) the format version of a file.
-fn check_format(internal: &mut Table<'_, Bytes, Bytes>) -> Result<(), StorageError> {
-    let stored_version = internal
-        .get(FORMAT_KEY)?
-        .map(|guard| codec::decode_u64(guard.value()));
-    match stored_version {
+fn check_format(internal: &mut Table<'_, Bytes, Bytes>, supported: u64) -> Result<(), StorageError> {
+    match stored_format(internal)? {
         None => {
-            internal.insert(FORMAT_KEY, FORMAT_VERSION.to_be_bytes().as_slice())?;
+            internal.insert(FORMAT_KEY, supported.to_be_bytes().as_slice())?;
             Ok(())
         }
-        Some(Ok(FORMAT_VERSION)) => Ok(()),
-        Some(Ok(found)) => Err(StorageError::UnsupportedFormat {
-            found,
-            supported: FORMAT_VERSION,
-        }),
-        Some(Err(error)) => Err(error),
+        Some(found) if found == supported => Ok(()),
+        Some(found) => Err(StorageError::UnsupportedFormat { found, supported }),
     }
+}
+
+fn stored_format(internal: &Table<'_, Bytes, Bytes>) -> Result<Option<u64>, StorageError> {
+    internal
+        .get(FORMAT_KEY)?
+        .map(|guard| codec::decode_u64(guard.value()))
+        .transpose()
+}
+
+/// Index format 2 → 3: the per-owner time tables go; nothing else changed.
+fn upgrade_index_format(
+    txn: &WriteTransaction,
+    internal: &mut Table<'_, Bytes, Bytes>,
+) -> Result<(), StorageError> {
+    if stored_format(internal)? != Some(2) {
+        return Ok(());
+    }
+    for space in Space::ALL {
+        txn.delete_table(TableDefinition::<Bytes, Bytes>::new(&legacy_time_table(space)))?;
+    }
+    internal.insert(FORMAT_KEY, INDEX_FORMAT_VERSION.to_be_bytes().as_slice())?;
+    Ok(())
 }
 
 fn read_counter(internal: &Table<'_, Bytes, Bytes>, key: &[u8]) -> Result<u64, StorageError> {
@@ -598,7 +616,7 @@ fn initialise_main(db: &Database) -> Result<HashMap<Space, u64>, StorageError> {
     let mut last_ids = HashMap::new();
     {
         let mut internal = txn.open_table(INTERNAL_TABLE)?;
-        check_format(&mut internal)?;
+        check_format(&mut internal, FORMAT_VERSION)?;
         txn.open_table(JOURNAL_TABLE)?;
         for space in Space::ALL {
             txn.open_table(TableDefinition::<Bytes, Bytes>::new(&table_name(
@@ -619,7 +637,8 @@ fn initialise_index(index: &Database) -> Result<HashMap<Space, u64>, StorageErro
     let mut indexed = HashMap::new();
     {
         let mut internal = txn.open_table(INTERNAL_TABLE)?;
-        check_format(&mut internal)?;
+        upgrade_index_format(&txn, &mut internal)?;
+        check_format(&mut internal, INDEX_FORMAT_VERSION)?;
         for space in Space::ALL {
             for kind in TableKind::INDEX {
                 txn.open_table(TableDefinition::<Bytes, Bytes>::new(&table_name(space, kind)))?;
@@ -1281,8 +1300,6 @@ impl<'t> GroupWriter<'t> {
         let value = codec::encode_record(timestamp, &record.with, &record.payload);
         self.table(space, TableKind::Records)?
             .insert(codec::record_key(owner, id).as_slice(), value.as_slice())?;
-        self.table(space, TableKind::ByTime)?
-            .insert(codec::time_key(owner, timestamp, id).as_slice(), [].as_slice())?;
         self.table(space, TableKind::ByWith)?.insert(
             codec::with_key(owner, &record.with, id).as_slice(),
             timestamp.to_be_bytes().as_slice(),
@@ -1351,34 +1368,31 @@ impl<'t> GroupWriter<'t> {
         before_micros: i64,
         budget: usize,
     ) -> Result<usize, StorageError> {
-        let from = codec::time_key(owner, i64::MIN, 0);
-        let to = codec::time_key(owner, before_micros, 0);
+        // Records come in id order; past one stamped `before + lag` or later, every record is
+        // stamped `before` or later (see "Why these indexes").
+        let lag = self.owner_stats(space, owner)?.lag();
+        let stop_at = before_micros.saturating_add(lag);
+        let from = codec::record_key(owner, 0);
+        let to = codec::record_key(owner, u64::MAX);
         let mut victims = Vec::new();
         for entry in self
-            .table(space, TableKind::ByTime)?
-            .range(from.as_slice()..to.as_slice())?
-            .take(budget)
+            .table(space, TableKind::Records)?
+            .range(from.as_slice()..=to.as_slice())?
         {
-            let (key, _) = entry?;
-            victims.push((key.value().to_vec(), codec::trailing_id(key.value())?));
+            let (key, value) = entry?;
+            let (timestamp, with, _) = codec::split_record(value.value())?;
+            if timestamp >= stop_at || victims.len() == budget {
+                break;
+            }
+            if timestamp < before_micros {
+                victims.push((codec::trailing_id(key.value())?, with.to_owned()));
+            }
         }
-        for (time_key, id) in &victims {
-            let record_key = codec::record_key(owner, *id);
-            let with = match self
-                .table(space, TableKind::Records)?
-                .remove(record_key.as_slice())?
-            {
-                Some(value) => codec::split_record(value.value())?.1.to_owned(),
-                None => {
-                    return Err(StorageError::Corrupt(format!(
-                        "time index names missing record {id}"
-                    )));
-                }
-            };
-            self.table(space, TableKind::ByTime)?
-                .remove(time_key.as_slice())?;
+        for (id, with) in &victims {
+            self.table(space, TableKind::Records)?
+                .remove(codec::record_key(owner, *id).as_slice())?;
             self.table(space, TableKind::ByWith)?
-                .remove(codec::with_key(owner, &with, *id).as_slice())?;
+                .remove(codec::with_key(owner, with, *id).as_slice())?;
         }
         if !victims.is_empty() {
             let stats = self.owner_stats(space, owner)?;
@@ -1449,6 +1463,109 @@ fn id_bounds(query: &ArchiveQuery) -> Option<(u64, u64)> {
     (low <= high).then_some((low, high))
 }
 
+/// The id and timestamp of `owner`'s first (or, `newest`, last) record with an id in `from..=to`.
+fn record_at_edge(
+    records: &impl ReadableTable<Bytes, Bytes>,
+    owner: &str,
+    from: u64,
+    to: u64,
+    newest: bool,
+) -> Result<Option<(u64, i64)>, StorageError> {
+    let low = codec::record_key(owner, from);
+    let high = codec::record_key(owner, to);
+    let mut range = records.range(low.as_slice()..=high.as_slice())?;
+    let entry = if newest { range.next_back() } else { range.next() };
+    match entry {
+        None => Ok(None),
+        Some(entry) => {
+            let (key, value) = entry?;
+            Ok(Some((
+                codec::trailing_id(key.value())?,
+                codec::split_record(value.value())?.0,
+            )))
+        }
+    }
+}
+
+/// Narrows `low..=high` to ids that can hold `owner`'s records stamped within the query's time
+/// range (None: no record can). Binary searches over the ids: a record stamped before
+/// `start - lag` bounds the ids from below, one stamped after `end + lag` from above (module
+/// documentation, "Why these indexes"). Each probe is one B-tree descent; where the lag makes the
+/// search miss the tightest bound, the bound found is still a valid one.
+fn time_bounds(
+    records: &impl ReadableTable<Bytes, Bytes>,
+    owner: &str,
+    lag: i64,
+    query: &ArchiveQuery,
+    low: u64,
+    high: u64,
+) -> Result<Option<(u64, u64)>, StorageError> {
+    // Search only between the owner's actual first and last ids.
+    let (Some((mut low, _)), Some((mut high, _))) = (
+        record_at_edge(records, owner, low, high, false)?,
+        record_at_edge(records, owner, low, high, true)?,
+    ) else {
+        return Ok(None);
+    };
+    if let Some(start) = query.start {
+        let too_old = start.saturating_sub(lag);
+        let (mut lo, mut hi) = (low, high);
+        let mut bound = None;
+        while lo <= hi {
+            let mid = lo + (hi - lo) / 2;
+            match record_at_edge(records, owner, mid, hi, false)? {
+                Some((id, timestamp)) if timestamp < too_old => {
+                    bound = Some(id);
+                    lo = id.saturating_add(1);
+                    if id == u64::MAX {
+                        break;
+                    }
+                }
+                _ => match mid.checked_sub(1) {
+                    Some(below) => hi = below,
+                    None => break,
+                },
+            }
+        }
+        if let Some(id) = bound {
+            match id.checked_add(1) {
+                Some(next) => low = low.max(next),
+                None => return Ok(None),
+            }
+        }
+    }
+    if let Some(end) = query.end
+        && end.saturating_add(lag) < i64::MAX
+    {
+        let too_new = end.saturating_add(lag);
+        let (mut lo, mut hi) = (low, high);
+        let mut bound = None;
+        while lo <= hi {
+            let mid = lo + (hi - lo) / 2;
+            match record_at_edge(records, owner, lo, mid, true)? {
+                Some((id, timestamp)) if timestamp > too_new => {
+                    bound = Some(id);
+                    match id.checked_sub(1) {
+                        Some(below) => hi = below,
+                        None => break,
+                    }
+                }
+                _ => match mid.checked_add(1) {
+                    Some(above) => lo = above,
+                    None => break,
+                },
+            }
+        }
+        if let Some(id) = bound {
+            match id.checked_sub(1) {
+                Some(previous) => high = high.min(previous),
+                None => return Ok(None),
+            }
+        }
+    }
+    Ok((low <= high).then_some((low, high)))
+}
+
 fn query_blocking(
     db: &Database,
     space: Space,
@@ -1467,36 +1584,16 @@ fn query_blocking(
         return Ok(nothing);
     };
     let filter_time = query.start.is_some() || query.end.is_some();
+    let records_table = open_read(&txn, space, TableKind::Records)?;
     if filter_time {
-        // Narrow the ids with the time index; the scan below still checks every timestamp.
-        let by_time = open_read(&txn, space, TableKind::ByTime)?;
-        let lag = stats.lag();
-        if let Some(start) = query.start {
-            let from = codec::time_key(owner, i64::MIN, 0);
-            let to = codec::time_key(owner, start.saturating_sub(lag), 0);
-            if let Some(entry) = by_time.range(from.as_slice()..to.as_slice())?.next_back() {
-                let too_old = codec::trailing_id(entry?.0.value())?;
-                low = low.max(too_old.saturating_add(1));
-            }
+        // Narrow the ids to the time range; the scan below still checks every timestamp.
+        match time_bounds(&records_table, owner, stats.lag(), query, low, high)? {
+            Some(bounds) => (low, high) = bounds,
+            None => return Ok(nothing),
         }
-        if let Some(end) = query.end.filter(|end| end.saturating_add(lag) < i64::MAX) {
-            let from = codec::time_key(owner, end.saturating_add(lag) + 1, 0);
-            let to = codec::time_key(owner, i64::MAX, u64::MAX);
-            if let Some(entry) = by_time.range(from.as_slice()..=to.as_slice())?.next() {
-                let too_new = codec::trailing_id(entry?.0.value())?;
-                match too_new.checked_sub(1) {
-                    Some(bound) => high = high.min(bound),
-                    None => return Ok(nothing),
-                }
-            }
-        }
-    }
-    if low > high {
-        return Ok(nothing);
     }
     let limit = query.effective_limit();
     let wanted = limit + 1;
-    let records_table = open_read(&txn, space, TableKind::Records)?;
     let mut records = Vec::with_capacity(wanted.min(1024));
     let mut found = 0usize;
     if let Some(with) = &query.with {
@@ -1587,12 +1684,15 @@ fn count_blocking(
             }
         }
         (None, true) => {
-            let by_time = open_read(&txn, space, TableKind::ByTime)?;
-            let from = codec::time_key(owner, query.start.unwrap_or(i64::MIN), 0);
-            let to = codec::time_key(owner, query.end.unwrap_or(i64::MAX), u64::MAX);
-            for entry in by_time.range(from.as_slice()..=to.as_slice())? {
-                entry?;
-                count += 1;
+            let records = open_read(&txn, space, TableKind::Records)?;
+            let Some((low, high)) = time_bounds(&records, owner, stats.lag(), query, 0, u64::MAX)? else {
+                return Ok(0);
+            };
+            let from = codec::record_key(owner, low);
+            let to = codec::record_key(owner, high);
+            for entry in records.range(from.as_slice()..=to.as_slice())? {
+                let (_, value) = entry?;
+                count += u64::from(in_time_range(query, codec::split_record(value.value())?.0));
             }
         }
     }
@@ -2279,6 +2379,127 @@ mod tests {
                 "{query:?}"
             );
         }
+    }
+
+    /// Retention over jittered timestamps (records stamped up to 2 ms behind earlier ones): the
+    /// scan in id order must delete exactly the records older than the cutoff, as the brute-force
+    /// MemoryStore does, and later queries must agree too.
+    #[tokio::test]
+    async fn delete_before_with_out_of_order_timestamps_matches_memory_store() {
+        let (_dir, store) = temp_store();
+        let reference = crate::MemoryStore::new();
+        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+        let owners = ["a", "b"];
+        for n in 0..300i64 {
+            let owner = owners[rng.below(2) as usize];
+            let record = NewRecord {
+                timestamp_micros: n * 10 + rng.below(2_000) as i64 - 1_000,
+                with: format!("peer{}", rng.below(3)),
+                payload: n.to_be_bytes().to_vec(),
+            };
+            let id = store.append(Space::Mam, owner, record.clone()).await.unwrap();
+            assert_eq!(reference.append(Space::Mam, owner, record).await.unwrap(), id);
+        }
+        for (owner, cutoff) in [(Some("a"), 700), (None, 1_500), (Some("b"), 2_200), (None, 2_600)] {
+            let expected = reference.delete_before(Space::Mam, owner, cutoff).await.unwrap();
+            assert_eq!(
+                store.delete_before(Space::Mam, owner, cutoff).await.unwrap(),
+                expected,
+                "{owner:?} {cutoff}"
+            );
+            assert!(expected > 0, "the cutoff {cutoff} deletes something");
+            for who in owners {
+                let all = ArchiveQuery {
+                    limit: 1_000,
+                    ..ArchiveQuery::default()
+                };
+                assert_eq!(
+                    store.query(Space::Mam, who, &all).await.unwrap(),
+                    reference.query(Space::Mam, who, &all).await.unwrap()
+                );
+                let recent = ArchiveQuery {
+                    start: Some(cutoff),
+                    ..all
+                };
+                assert_eq!(
+                    store.count(Space::Mam, who, &recent).await.unwrap(),
+                    reference.count(Space::Mam, who, &recent).await.unwrap()
+                );
+            }
+        }
+    }
+
+    /// An index file of format 2 (with per-owner `by_time` tables) is upgraded in place: the
+    /// tables go, the records stay and answer time-range queries.
+    #[tokio::test]
+    async fn index_format_2_is_upgraded_by_dropping_the_time_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("parley.redb");
+        {
+            let store = RedbStore::open(&path).unwrap();
+            for n in 0..5i64 {
+                let record = NewRecord {
+                    timestamp_micros: n * 100,
+                    with: "bob@example.com".into(),
+                    payload: b"<message/>".to_vec(),
+                };
+                store
+                    .append(Space::Mam, "alice@example.com", record)
+                    .await
+                    .unwrap();
+            }
+        }
+        {
+            let index = Database::create(index_path(&path)).unwrap();
+            let txn = index.begin_write().unwrap();
+            txn.open_table(INTERNAL_TABLE)
+                .unwrap()
+                .insert(FORMAT_KEY, 2u64.to_be_bytes().as_slice())
+                .unwrap();
+            txn.open_table(TableDefinition::<Bytes, Bytes>::new(&legacy_time_table(
+                Space::Mam,
+            )))
+            .unwrap()
+            .insert(b"stale".as_slice(), b"".as_slice())
+            .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        let query = ArchiveQuery {
+            start: Some(150),
+            end: Some(350),
+            limit: 10,
+            ..ArchiveQuery::default()
+        };
+        let page = store
+            .query(Space::Mam, "alice@example.com", &query)
+            .await
+            .unwrap();
+        let stamps: Vec<i64> = page
+            .records
+            .iter()
+            .map(|record| record.timestamp_micros)
+            .collect();
+        assert_eq!(stamps, [200, 300]);
+        drop(store);
+        let index = Database::create(index_path(&path)).unwrap();
+        let txn = index.begin_read().unwrap();
+        let version = txn
+            .open_table(INTERNAL_TABLE)
+            .unwrap()
+            .get(FORMAT_KEY)
+            .unwrap()
+            .unwrap()
+            .value()
+            .to_vec();
+        assert_eq!(version, INDEX_FORMAT_VERSION.to_be_bytes());
+        assert!(
+            txn.open_table(TableDefinition::<Bytes, Bytes>::new(&legacy_time_table(
+                Space::Mam
+            )))
+            .is_err(),
+            "the time table is gone"
+        );
     }
 
     #[test]
