@@ -74,6 +74,47 @@ async fn stage_throughput(archive: &Arc<ComplianceArchive>, messages: usize, sen
     (messages / senders * senders) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// A MAM page of 50 copies written by the stage, without and with reading their stanzas from
+/// the chain entries the copies refer to (what the MAM module does before answering).
+async fn stanza_page_latency(store: &dyn Store) {
+    let owner = "user0@example.com";
+    let query = ArchiveQuery {
+        limit: 50,
+        reverse: true,
+        ..ArchiveQuery::default()
+    };
+    let mut page_only = Vec::new();
+    let mut with_stanzas = Vec::new();
+    for _ in 0..1000 {
+        let started = Instant::now();
+        let page = store.query(Space::Mam, owner, &query).await.expect("query");
+        page_only.push(started.elapsed());
+        let keys: Vec<String> = page
+            .records
+            .iter()
+            .filter_map(|record| parley_archive::entry::parse_entry_reference(&record.payload))
+            .map(parley_archive::entry::seq_key)
+            .collect();
+        let entries = store
+            .get_many(Space::Compliance, parley_archive::entry::CHAIN_OWNER, &keys)
+            .await
+            .expect("entries");
+        for bytes in entries.into_iter().flatten() {
+            let entry = parley_archive::entry::Entry::from_bytes(&bytes).expect("entry");
+            if let Body::Message(message) = entry.body {
+                let _: Element = message.stanza.parse().expect("stanza");
+            }
+        }
+        with_stanzas.push(started.elapsed());
+        assert_eq!(keys.len(), page.records.len(), "every copy refers to its entry");
+    }
+    println!(
+        "MAM newest page of 50 (1000 rounds): page alone {}; with its stanzas from the chain {}",
+        summary(&mut page_only),
+        summary(&mut with_stanzas)
+    );
+}
+
 async fn chain_throughput(archive: &Arc<ComplianceArchive>, messages: usize, senders: usize) -> f64 {
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -447,6 +488,7 @@ async fn main() {
     println!(
         "stage (chain + 2 MAM copies, fsynced): {rate:.0} msgs/s ({messages} messages, {senders} senders)"
     );
+    stanza_page_latency(store.as_ref()).await;
     let rate = chain_throughput(&archive, messages, senders).await;
     println!(
         "chain only (fsynced):                  {rate:.0} msgs/s ({messages} messages, {senders} senders)"

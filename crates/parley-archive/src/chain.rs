@@ -23,7 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::ArchiveError;
 use crate::clock::Clock;
 use crate::entry::{
-    Body, CHAIN_OWNER, CHECKPOINT_OWNER, Checkpoint, Entry, HEAD_KEY, Hash, META_OWNER, hash_bytes, seq_key,
+    Body, CHAIN_OWNER, CHECKPOINT_OWNER, Checkpoint, Entry, HEAD_KEY, Hash, META_OWNER, entry_reference,
+    hash_bytes, seq_key,
 };
 
 /// Most entries in one chain batch.
@@ -69,6 +70,8 @@ struct Request {
     extra: Option<ExtraWrites>,
     /// Archive records committed atomically with the entry (its MAM copies).
     appends: Vec<ArchiveAppend>,
+    /// The records' payloads become references to the entry (see [`entry_reference`]).
+    appends_reference_entry: bool,
     /// Commits alone (a purge's many deletes must not share a batch's op budget).
     alone: bool,
     reply: oneshot::Sender<Reply>,
@@ -120,7 +123,18 @@ impl ChainWriter {
         body: Body,
         appends: Vec<ArchiveAppend>,
     ) -> Result<(Appended, Vec<u64>), ArchiveError> {
-        self.request(body, None, appends, false).await
+        self.request(body, None, appends, false, false).await
+    }
+
+    /// Like [`Self::append_with_records`], but each record's payload is replaced by a reference
+    /// to the entry ([`entry_reference`]): the stanza is stored once, in the entry, however many
+    /// MAM copies point at it.
+    pub async fn append_with_references(
+        &self,
+        body: Body,
+        appends: Vec<ArchiveAppend>,
+    ) -> Result<(Appended, Vec<u64>), ArchiveError> {
+        self.request(body, None, appends, false, true).await
     }
 
     pub(crate) async fn send(
@@ -129,7 +143,7 @@ impl ChainWriter {
         extra: Option<ExtraWrites>,
         alone: bool,
     ) -> Result<Appended, ArchiveError> {
-        Ok(self.request(body, extra, Vec::new(), alone).await?.0)
+        Ok(self.request(body, extra, Vec::new(), alone, false).await?.0)
     }
 
     async fn request(
@@ -138,12 +152,14 @@ impl ChainWriter {
         extra: Option<ExtraWrites>,
         appends: Vec<ArchiveAppend>,
         alone: bool,
+        appends_reference_entry: bool,
     ) -> Reply {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             body,
             extra,
             appends,
+            appends_reference_entry,
             alone,
             reply,
         };
@@ -250,12 +266,18 @@ impl ChainTask {
             if let Some(extra) = request.extra {
                 extra(seq, &mut batch);
             }
+            let mut request_appends = request.appends;
+            if request.appends_reference_entry {
+                for append in &mut request_appends {
+                    append.record.payload = entry_reference(seq);
+                }
+            }
             prepared.push(Prepared {
                 reply: request.reply,
                 appended: Appended { seq, ts },
-                records: request.appends.len(),
+                records: request_appends.len(),
             });
-            appends.extend(request.appends);
+            appends.extend(request_appends);
         }
         if prepared.is_empty() {
             return;

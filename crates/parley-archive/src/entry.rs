@@ -51,6 +51,27 @@ pub fn parse_seq_key(key: &str) -> Option<u64> {
     key.parse().ok()
 }
 
+/// What a MAM copy holds instead of the stanza: `chain:` and the sequence number of the chain
+/// entry that carries it. Stored stanzas start with `<`, so the two never mix up.
+const ENTRY_REFERENCE_PREFIX: &[u8] = b"chain:";
+
+/// The payload of a MAM copy whose stanza is chain entry `seq`'s.
+pub fn entry_reference(seq: u64) -> Vec<u8> {
+    let mut reference = ENTRY_REFERENCE_PREFIX.to_vec();
+    reference.extend_from_slice(seq.to_string().as_bytes());
+    reference
+}
+
+/// The chain entry a MAM copy's payload refers to; None for a payload that holds its stanza
+/// itself (copies written before references existed) or is anything else.
+pub fn parse_entry_reference(payload: &[u8]) -> Option<u64> {
+    let digits = payload.strip_prefix(ENTRY_REFERENCE_PREFIX)?;
+    if digits.is_empty() || digits.len() > SEQ_KEY_DIGITS || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
 pub fn hash_bytes(bytes: &[u8]) -> Hash {
     Sha256::digest(bytes).into()
 }
@@ -240,6 +261,26 @@ mod hex_hash {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entry_references_round_trip_and_nothing_else_parses_as_one() {
+        for seq in [0, 1, 42, u64::MAX] {
+            assert_eq!(parse_entry_reference(&entry_reference(seq)), Some(seq));
+        }
+        assert_eq!(entry_reference(42), b"chain:42");
+        let not_references: [&[u8]; 7] = [
+            b"<message xmlns='jabber:client'/>",
+            b"chain:",
+            b"chain:12a",
+            b"chain:-1",
+            b"chain:18446744073709551616",
+            b"chain:000000000000000000001",
+            b"",
+        ];
+        for payload in not_references {
+            assert_eq!(parse_entry_reference(payload), None, "{payload:?}");
+        }
+    }
 
     fn message_entry(seq: u64) -> Entry {
         Entry {

@@ -18,7 +18,8 @@
 //!   the same atomic batch as the entries.
 //! - `Space::Meta`, owners `archive.checkpoints`, `archive.tombstones`, `archive.holds`,
 //!   `archive.access`: periodic checkpoints, what purges deleted, legal holds, the access log.
-//! - `Space::Mam`, archive owner = user bare JID: the MAM copies (see [`ArchiveStage`]).
+//! - `Space::Mam`, archive owner = user bare JID: the MAM copies (see [`ArchiveStage`]); a
+//!   copy's payload is `chain:<seq>`, a reference to the entry holding the stanza.
 
 mod chain;
 mod clock;

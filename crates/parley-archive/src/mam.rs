@@ -22,6 +22,7 @@ use parley_storage::{
 use serde::{Deserialize, Serialize};
 
 use crate::NS_SID;
+use crate::entry::{Body, CHAIN_OWNER, Entry, parse_entry_reference, seq_key};
 
 pub const NS_MAM: &str = "urn:xmpp:mam:2";
 /// `before-id`/`after-id` form fields (XEP-0313 §5.1.2).
@@ -734,6 +735,53 @@ impl Inner {
         }))
     }
 
+    /// The archived stanza of each record: from the chain entry its payload refers to (all of a
+    /// page's entries in one read), or the payload itself for copies that carry their stanza.
+    /// None (and a log line) where there is none to show: the entry was purged (the copy expired
+    /// with it and goes at the next purge) or what is stored no longer parses.
+    async fn archived_stanzas(
+        &self,
+        owner: &BareJid,
+        records: &[ArchiveRecord],
+    ) -> Result<Vec<Option<Element>>, StorageError> {
+        let references: Vec<Option<u64>> = records
+            .iter()
+            .map(|record| parse_entry_reference(&record.payload))
+            .collect();
+        let keys: Vec<String> = references.iter().flatten().map(|seq| seq_key(*seq)).collect();
+        let mut entries = self
+            .kv
+            .get_many(Space::Compliance, CHAIN_OWNER, &keys)
+            .await?
+            .into_iter();
+        let mut stanzas = Vec::with_capacity(records.len());
+        for (record, reference) in records.iter().zip(references) {
+            let xml = match reference {
+                None => std::str::from_utf8(&record.payload).ok().map(str::to_owned),
+                Some(seq) => match entries.next().flatten() {
+                    None => {
+                        tracing::debug!(%owner, id = record.id, seq, "MAM copy of a purged chain entry; skipped");
+                        stanzas.push(None);
+                        continue;
+                    }
+                    Some(bytes) => match Entry::from_bytes(&bytes) {
+                        Ok(Entry {
+                            body: Body::Message(message),
+                            ..
+                        }) => Some(message.stanza),
+                        _ => None,
+                    },
+                },
+            };
+            let archived = xml.and_then(|xml| xml.parse::<Element>().ok());
+            if archived.is_none() {
+                tracing::error!(%owner, id = record.id, "an archived MAM payload does not parse; skipped");
+            }
+            stanzas.push(archived);
+        }
+        Ok(stanzas)
+    }
+
     async fn query(&self, context: &IqContext<'_>, owner: &BareJid, payload: &Element) -> IqResult {
         let request = parse_query(payload, &self.options)?;
         let requester = context
@@ -785,10 +833,15 @@ impl Inner {
             }
         };
 
-        for record in &page.records {
-            let Some(message) = result_message(owner, &requester, request.query_id.as_deref(), record) else {
+        let stanzas = self
+            .archived_stanzas(owner, &page.records)
+            .await
+            .map_err(|e| internal(&e))?;
+        for (record, archived) in page.records.iter().zip(stanzas) {
+            let Some(archived) = archived else {
                 continue;
             };
+            let message = result_message(owner, &requester, request.query_id.as_deref(), record, archived);
             if !context
                 .router
                 .send_to_waiting(&requester, message, SEND_PATIENCE)
@@ -849,24 +902,14 @@ fn take_window(mut records: Vec<ArchiveRecord>, limit: usize, reverse: bool) -> 
     records
 }
 
-/// `<message><result><forwarded><delay/><message/></forwarded></result></message>`; None (and a
-/// log line) for a stored payload that no longer parses.
+/// `<message><result><forwarded><delay/><message/></forwarded></result></message>`.
 fn result_message(
     owner: &BareJid,
     requester: &parley_proto::FullJid,
     query_id: Option<&str>,
     record: &ArchiveRecord,
-) -> Option<Stanza> {
-    let archived: Element = match std::str::from_utf8(&record.payload)
-        .ok()
-        .and_then(|text| text.parse().ok())
-    {
-        Some(element) => element,
-        None => {
-            tracing::error!(%owner, id = record.id, "an archived MAM payload does not parse; skipped");
-            return None;
-        }
-    };
+    archived: Element,
+) -> Stanza {
     let mut delay = Element::bare("delay", NS_DELAY);
     set_attr(
         &mut delay,
@@ -880,12 +923,10 @@ fn result_message(
     set_attr(&mut result, "queryid", query_id);
     set_attr(&mut result, "id", Some(&record.id.to_string()));
     result.append_child(forwarded);
-    Some(
-        Stanza::new(StanzaKind::Message)
-            .with_from(Jid::from(owner.clone()))
-            .with_to(requester.clone())
-            .with_child(result),
-    )
+    Stanza::new(StanzaKind::Message)
+        .with_from(Jid::from(owner.clone()))
+        .with_to(requester.clone())
+        .with_child(result)
 }
 
 /// The `<fin/>` that ends a query (XEP-0313 §4.2) with its RSM summary.
@@ -1133,6 +1174,32 @@ mod tests {
         assert_eq!(third.index().as_deref(), Some("4"));
         assert_eq!(third.rsm("count").as_deref(), Some("5"));
         assert!(third.complete());
+    }
+
+    #[tokio::test]
+    async fn copies_holding_their_stanza_are_served_and_copies_of_purged_entries_skipped() {
+        let mut fixture = fixture().await;
+        five_to_bob(&mut fixture).await;
+        // A copy as older Parley versions stored it: the stanza itself, not a reference.
+        let inline = "<message xmlns='jabber:client' from='alice@example.com/phone' \
+                      to='carol@example.com' type='chat'><body>stored inline</body></message>";
+        let record = parley_storage::NewRecord {
+            timestamp_micros: T0 + 10 * SECOND,
+            with: "carol@example.com".into(),
+            payload: inline.as_bytes().to_vec(),
+        };
+        fixture
+            .store
+            .append(Space::Mam, "alice@example.com", record)
+            .await
+            .unwrap();
+        // Entry 2 (m2) purged: its copies expired with it and are not shown.
+        let mut purge = WriteBatch::new();
+        purge.delete(Space::Compliance, CHAIN_OWNER, seq_key(2));
+        fixture.store.apply(purge).await.unwrap();
+
+        let answer = ask(&mut fixture, "set", &query("", "")).await;
+        assert_eq!(answer.bodies, ["m1", "m3", "m4", "m5", "stored inline"]);
     }
 
     #[tokio::test]

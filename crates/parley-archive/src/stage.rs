@@ -23,8 +23,11 @@ pub const NS_SID: &str = "urn:xmpp:sid:0";
 /// sees them anyway (the store's read-your-writes), so indexing is on no message's latency path.
 ///
 /// `Space::Mam` records: owner = the user's bare JID, `with` = the other party's bare JID,
-/// payload = the stanza's XML as accepted (with its `jabber:client` namespace), id = the
-/// archive id, which is also the `id` of the `<stanza-id/>` stamped for the recipient.
+/// payload = a reference to the chain entry ([`crate::entry::entry_reference`]), whose message
+/// record holds the stanza's XML as accepted (with its `jabber:client` namespace), id = the
+/// archive id, which is also the `id` of the `<stanza-id/>` stamped for the recipient. The stanza
+/// is stored once, not three times: each copy in the durable commit and in the MAM index is a
+/// few bytes, which is most of what made the copies cost (measured in docs/benchmarks.md).
 pub struct ArchiveStage {
     domain: BareJid,
     chain: ChainWriter,
@@ -60,35 +63,27 @@ impl ComplianceStage for ArchiveStage {
         let recipient = self
             .local_account(stanza.to())
             .filter(|recipient| Some(recipient) != sender.as_ref());
-        let from_bare = stanza
-            .from()
-            .map(|jid| jid.to_bare().to_string())
-            .unwrap_or_default();
-        let to_bare = stanza
-            .to()
-            .map(|jid| jid.to_bare().to_string())
-            .unwrap_or_default();
-        let payload = record.stanza.clone().into_bytes();
         let ts = self.clock.now_micros();
-        let copy = |owner: &BareJid, with: String, payload: Vec<u8>| ArchiveAppend {
+        // The copies' payloads become references to the chain entry, which holds the stanza.
+        let copy = |owner: &BareJid, with: Option<&Jid>| ArchiveAppend {
             space: Space::Mam,
             owner: owner.as_str().to_owned(),
             record: NewRecord {
                 timestamp_micros: ts,
-                with,
-                payload,
+                with: with.map(|jid| jid.to_bare().to_string()).unwrap_or_default(),
+                payload: Vec::new(),
             },
         };
         let mut copies = Vec::with_capacity(2);
         if let Some(sender) = &sender {
-            copies.push(copy(sender, to_bare, payload.clone()));
+            copies.push(copy(sender, stanza.to()));
         }
         if let Some(recipient) = &recipient {
-            copies.push(copy(recipient, from_bare, payload));
+            copies.push(copy(recipient, stanza.from()));
         }
         let (_, ids) = self
             .chain
-            .append_with_records(Body::Message(record), copies)
+            .append_with_references(Body::Message(record), copies)
             .await
             .map_err(|error| ComplianceError(error.to_string()))?;
         // The recipient's copy is the last one when there is a recipient.
@@ -135,10 +130,7 @@ pub fn message_record(stanza: &Stanza) -> MessageRecord {
             .map(Element::text)
     };
     let mut xml = Vec::new();
-    if element.write_to(&mut xml).is_err() {
-        xml.clear();
-        parley_proto::writer::write_element(element, &mut xml);
-    }
+    parley_proto::writer::write_standalone(element, &mut xml);
     MessageRecord {
         from: stanza.from().map(ToString::to_string).unwrap_or_default(),
         to: stanza.to().map(ToString::to_string).unwrap_or_default(),

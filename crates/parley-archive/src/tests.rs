@@ -139,8 +139,22 @@ async fn stage_records_chains_copies_and_stamps() {
         .unwrap();
     assert_eq!(alice.records.len(), 1);
     assert_eq!(alice.records[0].with, "bob@example.com");
-    let payload = String::from_utf8(alice.records[0].payload.clone()).unwrap();
-    assert!(payload.contains("<body>hello</body>"), "{payload}");
+    // Both copies point at entry 1, which holds the stanza once.
+    for copy in [&alice.records[0], &bob.records[0]] {
+        assert_eq!(
+            entry::parse_entry_reference(&copy.payload),
+            Some(1),
+            "{:?}",
+            copy.payload
+        );
+    }
+    assert!(
+        recorded.stanza.contains("<body>hello</body>"),
+        "{}",
+        recorded.stanza
+    );
+    let reparsed: Element = recorded.stanza.parse().unwrap();
+    assert_eq!(reparsed.ns(), "jabber:client");
 }
 
 #[tokio::test]

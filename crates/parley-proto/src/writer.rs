@@ -40,7 +40,6 @@ pub fn stream_header(from: &str, to: Option<&str>, id: &str, lang: &str) -> Stri
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// Serialise one top-level element of a `jabber:client` stream into `out`.
 /// About the bytes `element` takes when written: names, attribute names and values, text and
 /// markup, recursively, without escaping or namespace declarations. Cheap (no allocation), for
 /// memory budgets of queued stanzas, never for framing.
@@ -60,8 +59,17 @@ pub fn approximate_size(element: &Element) -> usize {
     2 * element.name().len() + 5 + attributes + children
 }
 
+/// Serialise one top-level element of a `jabber:client` stream into `out`.
 pub fn write_element(element: &Element, out: &mut Vec<u8>) {
     write_with_default(element, ns::CLIENT, out);
+}
+
+/// Serialises `element` as a document of its own, outside any stream: the root declares its
+/// namespace (`<message xmlns='jabber:client' ...>`), so the bytes parse back to the same element
+/// anywhere. For what is stored, such as the archived copy of a message.
+pub fn write_standalone(element: &Element, out: &mut Vec<u8>) {
+    out.reserve(approximate_size(element));
+    write_with_default(element, "", out);
 }
 
 /// Writes `element` where `default_ns` is the in-scope default namespace.
@@ -75,7 +83,8 @@ fn write_with_default(element: &Element, default_ns: &str, out: &mut Vec<u8>) {
 
     // `ns()` allocates, so ask for it only when the namespace changes.
     let declared;
-    let child_default = if in_stream_ns || element.has_ns(default_ns) {
+    // An empty default is "nothing in scope yet" (a standalone root), which `has_ns` can't tell.
+    let child_default = if in_stream_ns || (!default_ns.is_empty() && element.has_ns(default_ns)) {
         default_ns
     } else {
         declared = element.ns();
@@ -225,6 +234,25 @@ mod tests {
         };
         assert_eq!(reader.next_event().unwrap(), Some(StreamEvent::End));
         read
+    }
+
+    #[test]
+    fn standalone_output_declares_the_root_namespace_and_parses_back_equal() {
+        let element: Element = "<message xmlns='jabber:client' to='bob@example.com' id='a&apos;b'>\
+             <body>1 &lt; 2 &amp; 3</body><x xmlns='jabber:x:oob'><url>u</url></x>\
+             <thread>t</thread></message>"
+            .parse()
+            .unwrap();
+        let mut out = Vec::new();
+        write_standalone(&element, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("<message xmlns='jabber:client'"), "{text}");
+        let parsed: Element = text.parse().unwrap();
+        assert_eq!(parsed, element);
+        // Inside a stream the default namespace is implied instead.
+        let in_stream = written(&element);
+        assert!(in_stream.starts_with("<message id="), "{in_stream}");
+        assert!(!in_stream.contains("jabber:client"), "{in_stream}");
     }
 
     #[test]

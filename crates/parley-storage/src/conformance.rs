@@ -89,6 +89,19 @@ async fn kv_put_get_delete<S: Store>(store: &S) {
         store.get(Space::Vcard, "kv1", "y").await.unwrap(),
         Some(b"2".to_vec())
     );
+    // Several keys at once: in the order asked, absent ones as None, other owners unseen.
+    store
+        .apply(batch(|b| {
+            b.put(Space::Vcard, "kv-other", "y", b"other".to_vec());
+        }))
+        .await
+        .unwrap();
+    let keys = ["y", "x", "empty", "y"].map(str::to_owned);
+    assert_eq!(
+        store.get_many(Space::Vcard, "kv1", &keys).await.unwrap(),
+        [Some(b"2".to_vec()), None, Some(Vec::new()), Some(b"2".to_vec())]
+    );
+    assert_eq!(store.get_many(Space::Vcard, "kv1", &[]).await.unwrap(), []);
     store.flush().await.unwrap();
 }
 
@@ -310,6 +323,13 @@ async fn kv_rejects_oversized_input<S: Store>(store: &S) {
     let long_owner = "o".repeat(crate::MAX_OWNER_LEN + 1);
     assert!(matches!(
         store.get(Space::Roster, &long_owner, "k").await,
+        Err(StorageError::TooLarge { .. })
+    ));
+    let long_key = "k".repeat(crate::MAX_KEY_LEN + 1);
+    assert!(matches!(
+        store
+            .get_many(Space::Roster, "o", &["k".to_owned(), long_key])
+            .await,
         Err(StorageError::TooLarge { .. })
     ));
     let too_big = batch(|b| {

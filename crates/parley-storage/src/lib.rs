@@ -256,6 +256,20 @@ pub(crate) fn check_owner_key(owner: &str, key: &str) -> Result<(), StorageError
 #[async_trait::async_trait]
 pub trait KeyValue: Send + Sync + 'static {
     async fn get(&self, space: Space, owner: &str, key: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    /// The values of `keys` of `owner`, in the order asked, read from one consistent snapshot
+    /// where the backend has them (one read instead of one per key).
+    async fn get_many(
+        &self,
+        space: Space,
+        owner: &str,
+        keys: &[String],
+    ) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get(space, owner, key).await?);
+        }
+        Ok(values)
+    }
     /// All (key, value) of `owner` whose key starts with `prefix`, in key (byte) order, at most
     /// `limit`.
     async fn scan_prefix(

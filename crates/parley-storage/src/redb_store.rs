@@ -1712,6 +1712,28 @@ impl KeyValue for RedbStore {
         .await
     }
 
+    async fn get_many(
+        &self,
+        space: Space,
+        owner: &str,
+        keys: &[String],
+    ) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        let mut encoded = Vec::with_capacity(keys.len());
+        for key in keys {
+            crate::check_owner_key(owner, key)?;
+            encoded.push(codec::kv_key(owner, key));
+        }
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            let table = open_read(&txn, space, TableKind::Kv)?;
+            encoded
+                .iter()
+                .map(|key| Ok(table.get(key.as_slice())?.map(|value| value.value().to_vec())))
+                .collect()
+        })
+        .await
+    }
+
     async fn scan_prefix(
         &self,
         space: Space,
