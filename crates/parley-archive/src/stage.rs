@@ -47,10 +47,9 @@ impl ArchiveStage {
         Self { domain, chain, clock }
     }
 
-    /// The bare JID of `jid` when it is an account of this server (a localpart at our domain).
-    fn local_account(&self, jid: Option<&Jid>) -> Option<BareJid> {
-        let jid = jid?;
-        (jid.node().is_some() && jid.domain() == self.domain.domain()).then(|| jid.to_bare())
+    /// Whether `bare` is an account of this server (a localpart at our domain).
+    fn is_local_account(&self, bare: &BareJid) -> bool {
+        bare.node().is_some() && bare.domain() == self.domain.domain()
     }
 }
 
@@ -59,27 +58,30 @@ impl ComplianceStage for ArchiveStage {
     async fn record(&self, stanza: &mut Stanza) -> Result<(), ComplianceError> {
         strip_local_stanza_ids(stanza.element_mut(), &self.domain);
         let record = message_record(stanza);
-        let sender = self.local_account(stanza.from());
-        let recipient = self
-            .local_account(stanza.to())
-            .filter(|recipient| Some(recipient) != sender.as_ref());
+        // Each party's bare JID once: it names the copy's owner and is the other copy's `with`.
+        let from_bare = stanza.from().map(Jid::to_bare);
+        let to_bare = stanza.to().map(Jid::to_bare);
+        let sender = from_bare.as_ref().filter(|bare| self.is_local_account(bare));
+        let recipient = to_bare
+            .as_ref()
+            .filter(|bare| self.is_local_account(bare) && Some(*bare) != sender);
         let ts = self.clock.now_micros();
         // The copies' payloads become references to the chain entry, which holds the stanza.
-        let copy = |owner: &BareJid, with: Option<&Jid>| ArchiveAppend {
+        let copy = |owner: &BareJid, with: Option<&BareJid>| ArchiveAppend {
             space: Space::Mam,
             owner: owner.as_str().to_owned(),
             record: NewRecord {
                 timestamp_micros: ts,
-                with: with.map(|jid| jid.to_bare().to_string()).unwrap_or_default(),
+                with: with.map(|bare| bare.as_str().to_owned()).unwrap_or_default(),
                 payload: Vec::new(),
             },
         };
         let mut copies = Vec::with_capacity(2);
-        if let Some(sender) = &sender {
-            copies.push(copy(sender, stanza.to()));
+        if let Some(sender) = sender {
+            copies.push(copy(sender, to_bare.as_ref()));
         }
-        if let Some(recipient) = &recipient {
-            copies.push(copy(recipient, stanza.from()));
+        if let Some(recipient) = recipient {
+            copies.push(copy(recipient, from_bare.as_ref()));
         }
         let (_, ids) = self
             .chain
