@@ -13,6 +13,8 @@ use parley_directory::{PersonDetails, StaticDirectory};
 use parley_testkit::parley_binary;
 use tokio_xmpp::connect::StartTlsServerConnector;
 use tokio_xmpp::jid::{FullJid, Jid};
+use tokio_xmpp::minidom::Element;
+use tokio_xmpp::parsers::iq::Iq;
 use tokio_xmpp::parsers::message::{Message, MessageType};
 use tokio_xmpp::xmlstream::Timeouts;
 use tokio_xmpp::{Client, Event, IqRequest, Stanza};
@@ -289,6 +291,71 @@ async fn receive_until_disconnected(mut client: Client, delivered: Arc<Mutex<BTr
     }
 }
 
+/// Every body in `client`'s own MAM archive, oldest first, paging forwards (XEP-0313 with RSM).
+async fn mam_bodies(client: &mut Client) -> Vec<String> {
+    const MAM: &str = "urn:xmpp:mam:2";
+    const RSM: &str = "http://jabber.org/protocol/rsm";
+    let mut bodies = Vec::new();
+    let mut after: Option<String> = None;
+    for page in 0.. {
+        assert!(page < 100, "MAM paging does not end");
+        let query_id = format!("all{page}");
+        let rsm = after
+            .as_ref()
+            .map_or(String::new(), |id| format!("<after>{id}</after>"));
+        let query = xml(&format!(
+            "<query xmlns='{MAM}' queryid='{query_id}'><set xmlns='{RSM}'><max>250</max>{rsm}</set></query>"
+        ));
+        let iq = Iq::Set {
+            from: None,
+            to: None,
+            id: query_id.clone(),
+            payload: query,
+        };
+        client.send_stanza(iq.into()).await.expect("the query is sent");
+        let fin = tokio::time::timeout(EVENT_TIMEOUT, async {
+            while let Some(event) = client.next().await {
+                let Event::Stanza(stanza) = event else { continue };
+                match stanza {
+                    Stanza::Message(message) => {
+                        let Some(result) = message.payloads.iter().find(|payload| {
+                            payload.is("result", MAM) && payload.attr("queryid") == Some(&query_id)
+                        }) else {
+                            continue;
+                        };
+                        let body = result
+                            .get_child("forwarded", "urn:xmpp:forward:0")
+                            .and_then(|forwarded| forwarded.get_child("message", "jabber:client"))
+                            .and_then(|archived| archived.get_child("body", "jabber:client"))
+                            .map(Element::text)
+                            .expect("every result carries the archived message and its body");
+                        bodies.push(body);
+                    }
+                    Stanza::Iq(Iq::Result { id, payload, .. }) if id == query_id => {
+                        return payload.expect("a fin");
+                    }
+                    Stanza::Iq(Iq::Error { id, error, .. }) if id == query_id => {
+                        panic!("the MAM query failed: {error:?}")
+                    }
+                    _ => {}
+                }
+            }
+            panic!("the stream ended during a MAM query")
+        })
+        .await
+        .expect("the MAM query is answered");
+        if fin.attr("complete") == Some("true") {
+            return bodies;
+        }
+        after = fin
+            .get_child("set", RSM)
+            .and_then(|set| set.get_child("last", RSM))
+            .map(Element::text);
+        assert!(after.is_some(), "an incomplete page names its last id: {fin:?}");
+    }
+    unreachable!("the loop returns or panics")
+}
+
 fn pseudo_random_millis(range: u64) -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -385,6 +452,24 @@ async fn every_delivered_message_survives_a_sigkill_and_the_chain_verifies() {
     })
     .await
     .expect("the message after the restart is delivered");
+    // The receiver's MAM copies survived the kill too (replayed into the index on open), and each
+    // shows its stanza, read from the chain entry it refers to.
+    let in_mam = mam_bodies(&mut receiver).await;
+    let delivered_to_receiver0: BTreeSet<&String> =
+        seen.iter().filter(|body| body.starts_with("load-0-")).collect();
+    let in_mam_set: BTreeSet<&String> = in_mam.iter().collect();
+    let missing: Vec<&&String> = delivered_to_receiver0.difference(&in_mam_set).collect();
+    assert!(
+        missing.is_empty(),
+        "{} delivered messages are not in receiver0's MAM archive: {missing:?}",
+        missing.len()
+    );
+    assert_eq!(
+        in_mam.last().map(String::as_str),
+        Some("after-restart"),
+        "newest last"
+    );
+    assert_eq!(in_mam_set.len(), in_mam.len(), "no message twice in MAM");
     child.kill();
     drop((sender, receiver));
 
