@@ -14,6 +14,8 @@
 # round-robin. The server runs pinned to SERVER_CPUS (default 0) and parley-load to LOAD_CPUS
 # (default 1) with taskset; PIN=0 turns pinning off. MD_OUT=file appends the table as Markdown.
 # PARLEY_BIN and LOAD_BIN override the binaries (default: target/release/parley, parley-load).
+# ROUNDS=N runs every server N times, in turn, and reports each figure's median (failure
+# counts such as lost: their sum over the rounds).
 # PARLEY_OUTBOUND_QUEUE sets [c2s] outbound_queue (unset: Parley's default, 16384).
 # PROFILE=file records a perf profile of Parley (PROFILE_SECONDS after PROFILE_DELAY); PERF_ARGS adds
 # perf record options, e.g. PERF_ARGS="--call-graph dwarf,16384" for call stacks.
@@ -169,10 +171,15 @@ ejabberd_mam_start() { EJABBERD_MAM=1 ejabberd_start; }
 ejabberd_mam_users() { ejabberd_users "$@"; }
 ejabberd_mam_stop() { ejabberd_stop; }
 
-declare -A RESULT
+declare -A RESULT RUNS
 ran=()
+ROUNDS=${ROUNDS:-1}
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: bad ROUNDS" >&2; exit 1; }
+# With ROUNDS > 1 every server runs once per round, in turn, so a slow spell of the machine hits
+# all of them; each figure in the table is then the median of its rounds.
+for ((round = 1; round <= ROUNDS; round++)); do
 for server in $SERVERS; do
-    echo "=== $server" >&2
+    echo "=== $server (round $round of $ROUNDS)" >&2
     PORT= CA= PID=
     if ! "${server}_start"; then echo "=== $server: not available, skipped" >&2; continue; fi
     if ! "${server}_users" "$users"; then echo "=== $server: user creation failed" >&2; "${server}_stop"; continue; fi
@@ -194,14 +201,32 @@ for server in $SERVERS; do
     "${server}_stop"
     line=$(grep '^RESULT ' <<<"$out" | tail -1)
     [[ -n $line ]] || { echo "=== $server: no result" >&2; continue; }
-    ran+=("$server")
-    for pair in ${line#RESULT }; do RESULT[$server.${pair%%=*}]=${pair#*=}; done
+    [[ " ${ran[*]} " == *" $server "* ]] || ran+=("$server")
+    for pair in ${line#RESULT }; do RUNS[$server.${pair%%=*}]+="${pair#*=} "; done
+done
+done
+
+# The median of each figure over its rounds (the middle one, or the mean of the two middle
+# ones), except counts of failures, which are summed so that no round's loss is hidden; a value
+# that is not a number is taken from the last round.
+for k in "${!RUNS[@]}"; do
+    read -r -a values <<<"${RUNS[$k]}"
+    if [[ ${values[*]} =~ ^[0-9.\ ]+$ && $k =~ \.(lost|failed|presences_missing)$ ]]; then
+        RESULT[$k]=$(printf '%s\n' "${values[@]}" | awk '{sum += $1} END {print sum}')
+    elif [[ ${values[*]} =~ ^[0-9.\ ]+$ ]]; then
+        RESULT[$k]=$(printf '%s\n' "${values[@]}" | sort -g | awk '{v[NR] = $1}
+            END {if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}')
+    else
+        RESULT[$k]=${values[-1]}
+    fi
 done
 
 ((${#ran[@]})) || { echo "no server produced a result" >&2; exit 1; }
 keys=$(for k in "${!RESULT[@]}"; do echo "${k#*.}"; done | sort -u | grep -v '^scenario$')
 echo
-echo "scenario: $SCENARIO ${ARGS[*]}   (ratio = server / parley)"
+rounds_note=
+((ROUNDS > 1)) && rounds_note=", median of $ROUNDS rounds"
+echo "scenario: $SCENARIO ${ARGS[*]}   (ratio = server / parley$rounds_note)"
 printf '%-16s' metric; for s in "${ran[@]}"; do printf ' %15s' "$s"; done
 for s in "${ran[@]}"; do [[ $s != parley ]] && printf ' %15s' "$s/parley"; done; echo
 for k in $keys; do
@@ -220,11 +245,22 @@ for k in $keys; do
     echo
 done
 
+# With rounds, each round's headline figures too, so the spread behind a median is visible.
+rounds_lines=()
+if ((ROUNDS > 1)); then
+    for s in "${ran[@]}"; do
+        for k in delivered_per_s logins_per_s kib_per_session p99_ms; do
+            [[ -n ${RUNS[$s.$k]:-} ]] && rounds_lines+=("$s $k by round: ${RUNS[$s.$k]% }")
+        done
+    done
+    printf '%s\n' "${rounds_lines[@]}"
+fi
+
 # The same table in Markdown, for docs/benchmarks.md.
 if [[ -n ${MD_OUT:-} ]]; then
     {
         echo
-        echo "\`bench/run.sh $SCENARIO ${ARGS[*]}\` (ratio = peer / Parley)"
+        echo "\`bench/run.sh $SCENARIO ${ARGS[*]}\` (ratio = peer / Parley$rounds_note)"
         echo
         printf '| metric |'; for s in "${ran[@]}"; do printf ' %s |' "$s"; done
         for s in "${ran[@]}"; do [[ $s != parley ]] && printf ' %s/parley |' "$s"; done; echo
@@ -245,5 +281,9 @@ if [[ -n ${MD_OUT:-} ]]; then
             done
             echo
         done
+        if ((${#rounds_lines[@]})); then
+            echo
+            printf -- '- %s\n' "${rounds_lines[@]}"
+        fi
     } >> "$MD_OUT"
 fi
