@@ -465,18 +465,28 @@ impl ComplianceArchive {
             .collect()
     }
 
-    async fn retention_of(&self, bare: &str, cache: &mut HashMap<String, Option<i64>>) -> Option<i64> {
+    /// How long `bare`'s messages are kept (None: forever). Someone the directory does not know
+    /// (any more) gets the default; a directory that fails stops the purge rather than let the
+    /// default shorten a longer retention.
+    async fn retention_of(
+        &self,
+        bare: &str,
+        cache: &mut HashMap<String, Option<i64>>,
+    ) -> Result<Option<i64>, ArchiveError> {
         if let Some(known) = cache.get(bare) {
-            return *known;
+            return Ok(*known);
         }
         let localpart = bare.split('@').next().unwrap_or("");
         let person = match &self.directory {
-            Some(directory) => directory.person(localpart).await.ok().flatten(),
+            Some(directory) => directory
+                .person(localpart)
+                .await
+                .map_err(|error| ArchiveError::Directory(error.to_string()))?,
             None => None,
         };
         let retention = self.options.retention.for_person(person.as_ref());
         cache.insert(bare.to_owned(), retention);
-        retention
+        Ok(retention)
     }
 
     /// Deletes every message whose retention has expired, except those of users on legal hold,
@@ -514,7 +524,7 @@ impl ComplianceArchive {
                 let parties = self.local_parties(message);
                 let mut retentions = Vec::with_capacity(parties.len());
                 for party in &parties {
-                    retentions.push(self.retention_of(party, &mut retention_cache).await);
+                    retentions.push(self.retention_of(party, &mut retention_cache).await?);
                 }
                 let retention = if parties.is_empty() {
                     self.options.retention.default_micros
@@ -598,6 +608,9 @@ impl ComplianceArchive {
         Ok(())
     }
 
+    /// Deletes the expired MAM copies of every owner that has any, on hold or not in the
+    /// directory alike: someone who has left keeps no retention of their own, so the default
+    /// applies, as it does to their chain entries.
     async fn purge_mam(
         &self,
         now: i64,
@@ -605,34 +618,33 @@ impl ComplianceArchive {
         cache: &mut HashMap<String, Option<i64>>,
         dry_run: bool,
     ) -> Result<u64, ArchiveError> {
-        let Some(directory) = &self.directory else {
-            return Ok(0);
-        };
-        let people = directory
-            .people()
-            .await
-            .map_err(|error| ArchiveError::Directory(error.to_string()))?;
         let mut deleted = 0;
-        for person in people {
-            let owner = format!("{}@{}", person.localpart, self.domain).to_lowercase();
-            if holds.contains(&owner) {
-                continue;
-            }
-            let Some(retention) = self.retention_of(&owner, cache).await else {
-                continue;
+        let mut after: Option<String> = None;
+        loop {
+            let owners = self.mam.owners(Space::Mam, after.as_deref(), MAX_LISTED).await?;
+            let Some(last) = owners.last().cloned() else {
+                return Ok(deleted);
             };
-            let cutoff = now.saturating_sub(retention);
-            deleted += if dry_run {
-                let query = ArchiveQuery {
-                    end: Some(cutoff.saturating_sub(1)),
-                    ..ArchiveQuery::default()
+            for owner in owners {
+                if holds.contains(&owner) {
+                    continue;
+                }
+                let Some(retention) = self.retention_of(&owner, cache).await? else {
+                    continue;
                 };
-                self.mam.count(Space::Mam, &owner, &query).await?
-            } else {
-                self.mam.delete_before(Space::Mam, Some(&owner), cutoff).await?
-            };
+                let cutoff = now.saturating_sub(retention);
+                deleted += if dry_run {
+                    let query = ArchiveQuery {
+                        end: Some(cutoff.saturating_sub(1)),
+                        ..ArchiveQuery::default()
+                    };
+                    self.mam.count(Space::Mam, &owner, &query).await?
+                } else {
+                    self.mam.delete_before(Space::Mam, Some(&owner), cutoff).await?
+                };
+            }
+            after = Some(last);
         }
-        Ok(deleted)
     }
 }
 

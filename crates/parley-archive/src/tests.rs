@@ -772,3 +772,110 @@ async fn a_failed_chain_commit_stores_no_mam_copy() {
         }
     }
 }
+
+#[tokio::test]
+async fn purge_takes_the_mam_copies_of_people_who_left_at_the_default_retention() {
+    let fixture = fixture_with(Arc::new(MemoryStore::new()), retention_options(), true).await;
+    // ghost is not (any more) in the directory; dave is, with the default 30 days.
+    record(
+        &fixture,
+        "ghost@example.com/g",
+        "dave@example.com",
+        "from a leaver",
+    )
+    .await;
+    fixture.clock.set(T0 + 20 * DAY);
+    record(&fixture, "ghost@example.com/g", "dave@example.com", "later").await;
+    let owned = |owner: &'static str| {
+        let store = fixture.store.clone();
+        async move {
+            store
+                .count(Space::Mam, owner, &ArchiveQuery::default())
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(owned("ghost@example.com").await, 2);
+
+    fixture.clock.set(T0 + 31 * DAY);
+    let dry = fixture.archive.purge("test", true).await.unwrap();
+    assert_eq!(dry.mam_deleted, 2, "ghost's and dave's copies of day 0: {dry:?}");
+    assert_eq!(owned("ghost@example.com").await, 2, "a dry run deletes nothing");
+    let report = fixture.archive.purge("test", false).await.unwrap();
+    assert_eq!(report.ranges, vec![(1, 1)], "{report:?}");
+    assert_eq!(report.mam_deleted, 2, "{report:?}");
+    assert_eq!(owned("ghost@example.com").await, 1, "the copy of day 20 is kept");
+    assert_eq!(owned("dave@example.com").await, 1);
+}
+
+/// A directory that cannot answer, as when LDAP is down.
+struct Unavailable;
+
+#[async_trait::async_trait]
+impl parley_directory::Directory for Unavailable {
+    async fn authenticate(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Result<parley_directory::AuthOutcome, parley_directory::DirectoryError> {
+        Err(down())
+    }
+    async fn scram_credentials(
+        &self,
+        _: &str,
+        _: parley_directory::ScramHash,
+    ) -> Result<Option<parley_directory::ScramCredentials>, parley_directory::DirectoryError> {
+        Err(down())
+    }
+    fn supports_scram(&self) -> bool {
+        false
+    }
+    async fn person(
+        &self,
+        _: &str,
+    ) -> Result<Option<parley_directory::Person>, parley_directory::DirectoryError> {
+        Err(down())
+    }
+    async fn people(&self) -> Result<Vec<parley_directory::Person>, parley_directory::DirectoryError> {
+        Err(down())
+    }
+    async fn members(&self, _: &str) -> Result<Vec<String>, parley_directory::DirectoryError> {
+        Err(down())
+    }
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<parley_directory::DirectoryChange> {
+        tokio::sync::broadcast::channel(1).1
+    }
+}
+
+fn down() -> parley_directory::DirectoryError {
+    parley_directory::DirectoryError::Unavailable("test: LDAP is down".into())
+}
+
+#[tokio::test]
+async fn purge_stops_when_the_directory_cannot_say_whose_retention_applies() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(T0));
+    let archive = ComplianceArchive::open(
+        store.clone(),
+        Some(Arc::new(Unavailable)),
+        domain(),
+        retention_options(),
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    let mut stanza = message("alice@example.com/a", "bob@example.com", "keep me");
+    archive.stage().record(&mut stanza).await.unwrap();
+    clock.set(T0 + 400 * DAY);
+    // The default would have expired it; a department may keep it for years.
+    let outcome = archive.purge("test", false).await;
+    assert!(matches!(outcome, Err(ArchiveError::Directory(_))), "{outcome:?}");
+    assert!(chain_entry(store.as_ref(), 1).await.is_some());
+    assert_eq!(
+        store
+            .count(Space::Mam, "bob@example.com", &ArchiveQuery::default())
+            .await
+            .unwrap(),
+        1
+    );
+}

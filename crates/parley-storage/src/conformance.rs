@@ -20,6 +20,7 @@ pub async fn run_all<S: Store>(store: &S) {
     archive_out_of_order_timestamps(store).await;
     archive_isolation(store).await;
     archive_delete_before_and_ids(store).await;
+    archive_owners(store).await;
     combined_commit(store).await;
     archive_read_your_writes(store).await;
 }
@@ -655,6 +656,59 @@ async fn archive_isolation<S: Store>(store: &S) {
         vec![other_space]
     );
     assert_eq!(store.get_record(Space::Mam, "alice", ali).await.unwrap(), None);
+}
+
+async fn archive_owners<S: Store>(store: &S) {
+    // Space::Private's archive side is used by nothing else in the suite.
+    assert_eq!(
+        store.owners(Space::Private, None, 10).await.unwrap(),
+        Vec::<String>::new()
+    );
+    for owner in ["bob", "alice", "carol", "alice"] {
+        store.append(Space::Private, owner, record(5, "x")).await.unwrap();
+    }
+    store
+        .append(Space::Private, "dave", record(1, "x"))
+        .await
+        .unwrap();
+    // The key-value side and other spaces are not archive owners here.
+    store
+        .apply(batch(|b| {
+            b.put(Space::Private, "erin", "k", b"v".to_vec());
+        }))
+        .await
+        .unwrap();
+    store
+        .append(Space::Offline, "frank", record(1, "x"))
+        .await
+        .unwrap();
+    let all = store.owners(Space::Private, None, 10).await.unwrap();
+    assert_eq!(all, ["alice", "bob", "carol", "dave"]);
+    // Paged: after the last one seen, at most `limit`.
+    assert_eq!(
+        store.owners(Space::Private, None, 2).await.unwrap(),
+        ["alice", "bob"]
+    );
+    assert_eq!(
+        store.owners(Space::Private, Some("bob"), 2).await.unwrap(),
+        ["carol", "dave"]
+    );
+    assert_eq!(
+        store.owners(Space::Private, Some("dave"), 2).await.unwrap(),
+        Vec::<String>::new()
+    );
+    // An owner whose records are all deleted is no owner any more.
+    assert_eq!(
+        store
+            .delete_before(Space::Private, Some("dave"), 2)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store.owners(Space::Private, Some("bob"), 10).await.unwrap(),
+        ["carol"]
+    );
 }
 
 async fn archive_delete_before_and_ids<S: Store>(store: &S) {

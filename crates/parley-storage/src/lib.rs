@@ -391,6 +391,14 @@ pub trait Archive: Send + Sync + 'static {
         owner: &str,
         id: u64,
     ) -> Result<Option<ArchiveRecord>, StorageError>;
+    /// The owners that have at least one record in `space`, in byte order, starting after
+    /// `after`, at most `limit` (clamped to [`MAX_QUERY_LIMIT`]): pass the last one to go on.
+    async fn owners(
+        &self,
+        space: Space,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError>;
     /// Retention: delete records with timestamp < before_micros, for one owner or (None) all
     /// owners; returns how many.
     async fn delete_before(

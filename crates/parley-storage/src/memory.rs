@@ -217,6 +217,26 @@ impl Archive for MemoryStore {
             .cloned())
     }
 
+    async fn owners(
+        &self,
+        space: Space,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        let state = self.lock();
+        let mut owners: Vec<String> = state
+            .archive
+            .keys()
+            .filter(|(owner_space, owner)| {
+                *owner_space == space && after.is_none_or(|after| owner.as_str() > after)
+            })
+            .map(|(_, owner)| owner.clone())
+            .collect();
+        owners.sort_unstable();
+        owners.truncate(limit.min(crate::MAX_QUERY_LIMIT));
+        Ok(owners)
+    }
+
     async fn delete_before(
         &self,
         space: Space,

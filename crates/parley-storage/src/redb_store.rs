@@ -1843,6 +1843,39 @@ impl Archive for RedbStore {
         .await
     }
 
+    async fn owners(
+        &self,
+        space: Space,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        if let Some(after) = after {
+            crate::check_len("owner", after.len(), crate::MAX_OWNER_LEN)?;
+        }
+        let after = after.map(|after| after.as_bytes().to_vec());
+        let limit = limit.min(crate::MAX_QUERY_LIMIT);
+        self.read_index(move |index| {
+            let txn = index.begin_read()?;
+            let table = open_read(&txn, space, TableKind::Owners)?;
+            let range = match &after {
+                Some(after) => table.range::<&[u8]>((
+                    std::ops::Bound::Excluded(after.as_slice()),
+                    std::ops::Bound::Unbounded,
+                ))?,
+                None => table.range::<&[u8]>(..)?,
+            };
+            let mut owners = Vec::new();
+            for entry in range.take(limit) {
+                let (owner, _) = entry?;
+                let owner = String::from_utf8(owner.value().to_vec())
+                    .map_err(|_| StorageError::Corrupt("an archive owner is not UTF-8".into()))?;
+                owners.push(owner);
+            }
+            Ok(owners)
+        })
+        .await
+    }
+
     async fn delete_before(
         &self,
         space: Space,
