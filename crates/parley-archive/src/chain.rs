@@ -68,10 +68,9 @@ type Reply = Result<(Appended, Vec<u64>), ArchiveError>;
 struct Request {
     body: Body,
     extra: Option<ExtraWrites>,
-    /// Archive records committed atomically with the entry (its MAM copies).
+    /// Archive records committed atomically with the entry (its MAM copies); their payloads
+    /// become references to the entry (see [`entry_reference`]).
     appends: Vec<ArchiveAppend>,
-    /// The records' payloads become references to the entry (see [`entry_reference`]).
-    appends_reference_entry: bool,
     /// Commits alone (a purge's many deletes must not share a batch's op budget).
     alone: bool,
     reply: oneshot::Sender<Reply>,
@@ -115,26 +114,17 @@ impl ChainWriter {
         self.send(body, None, false).await
     }
 
-    /// Appends one entry and, in the same durable commit, `appends`; returns as soon as both are
-    /// durable, with the records' archive ids in order. It does not wait for the records to be
-    /// indexed: any query that starts after it returned sees them (the store's read-your-writes).
-    pub async fn append_with_records(
-        &self,
-        body: Body,
-        appends: Vec<ArchiveAppend>,
-    ) -> Result<(Appended, Vec<u64>), ArchiveError> {
-        self.request(body, None, appends, false, false).await
-    }
-
-    /// Like [`Self::append_with_records`], but each record's payload is replaced by a reference
-    /// to the entry ([`entry_reference`]): the stanza is stored once, in the entry, however many
-    /// MAM copies point at it.
+    /// Appends one entry and, in the same durable commit, `appends`, each with its payload
+    /// replaced by a reference to the entry ([`entry_reference`]): the stanza is stored once, in
+    /// the entry, however many MAM copies point at it. Returns as soon as both are durable, with
+    /// the records' archive ids in order. It does not wait for the records to be indexed: any
+    /// query that starts after it returned sees them (the store's read-your-writes).
     pub async fn append_with_references(
         &self,
         body: Body,
         appends: Vec<ArchiveAppend>,
     ) -> Result<(Appended, Vec<u64>), ArchiveError> {
-        self.request(body, None, appends, false, true).await
+        self.request(body, None, appends, false).await
     }
 
     pub(crate) async fn send(
@@ -143,7 +133,7 @@ impl ChainWriter {
         extra: Option<ExtraWrites>,
         alone: bool,
     ) -> Result<Appended, ArchiveError> {
-        Ok(self.request(body, extra, Vec::new(), alone, false).await?.0)
+        Ok(self.request(body, extra, Vec::new(), alone).await?.0)
     }
 
     async fn request(
@@ -152,14 +142,12 @@ impl ChainWriter {
         extra: Option<ExtraWrites>,
         appends: Vec<ArchiveAppend>,
         alone: bool,
-        appends_reference_entry: bool,
     ) -> Reply {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             body,
             extra,
             appends,
-            appends_reference_entry,
             alone,
             reply,
         };
@@ -267,10 +255,8 @@ impl ChainTask {
                 extra(seq, &mut batch);
             }
             let mut request_appends = request.appends;
-            if request.appends_reference_entry {
-                for append in &mut request_appends {
-                    append.record.payload = entry_reference(seq);
-                }
+            for append in &mut request_appends {
+                append.record.payload = entry_reference(seq);
             }
             prepared.push(Prepared {
                 reply: request.reply,
