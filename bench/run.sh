@@ -19,6 +19,8 @@
 # PARLEY_OUTBOUND_QUEUE sets [c2s] outbound_queue (unset: Parley's default, 16384).
 # PROFILE=file records a perf profile of Parley (PROFILE_SECONDS after PROFILE_DELAY); PERF_ARGS adds
 # perf record options, e.g. PERF_ARGS="--call-graph dwarf,16384" for call stacks.
+# idle, roster-login and chat get the server's PID: chat reports cpu_us_per_msg, the server's CPU
+# time (all threads) over the send window per delivered message, steadier than the rate itself.
 # Accounts are in shared groups of GROUP_SIZE (default 500, or --group-size) members; only
 # roster-login turns the shared groups on.
 set -uo pipefail
@@ -186,7 +188,7 @@ for server in $SERVERS; do
     port=$PORT
     [[ $TLS == direct ]] && port=$((PORT + 1))
     extra=()
-    [[ $SCENARIO == idle || $SCENARIO == roster-login ]] && extra=(--server-pid "$PID")
+    [[ $SCENARIO == idle || $SCENARIO == roster-login || $SCENARIO == chat ]] && extra=(--server-pid "$PID")
     profiler=
     if [[ -n ${PROFILE:-} && $server == parley ]] && command -v perf >/dev/null; then
         # Timer-based sampling (cpu-clock works in VMs without hardware counters), started

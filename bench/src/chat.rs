@@ -3,6 +3,9 @@
 //! a sequence number and the send time, so receivers measure end-to-end latency on the same clock.
 //! After a drain period, lost = sent - received, exactly: a message counts as sent once its bytes
 //! were flushed to the socket, and as received once a peer parsed it.
+//! Given the server's PID, the server's CPU time over the send window divided by the messages
+//! delivered in it gives its CPU cost per message, which moves far less between runs than the
+//! rate at saturation does.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +20,7 @@ use crate::conn::Conn;
 use crate::hist::Histogram;
 use crate::run::{Context, bare_jid, establish, millis};
 use crate::session::{XmppReader, send};
+use crate::sys;
 use crate::xml::{Element, Event, escape};
 
 const BODY_PREFIX: &str = "parley-load ";
@@ -30,6 +34,8 @@ pub struct ChatOptions {
     /// In `max` mode, the most messages sent but not yet received, over all sessions.
     pub window: usize,
     pub concurrency: usize,
+    /// Server process whose CPU time per delivered message is measured.
+    pub server_pid: Option<u32>,
 }
 
 #[derive(Default)]
@@ -98,7 +104,12 @@ pub async fn run(ctx: Arc<Context>, options: ChatOptions) -> anyhow::Result<()> 
         senders.spawn(sender.run(period, start, deadline, close_rx.clone()));
     }
     eprintln!("  .. {online} sessions chatting for {:?}", options.duration);
+    let server_pid = options.server_pid.map(|pid| pid.to_string());
+    let server_cpu = |pid: &Option<String>| pid.as_deref().and_then(|pid| sys::cpu_seconds(pid).ok());
+    tokio::time::sleep_until(start).await;
+    let cpu_at_start = server_cpu(&server_pid);
     tokio::time::sleep_until(deadline).await;
+    let cpu_at_deadline = server_cpu(&server_pid);
     let drain_end = tokio::time::Instant::now() + options.drain;
     loop {
         let sent = stats.sent.load(Ordering::Relaxed);
@@ -120,6 +131,8 @@ pub async fn run(ctx: Arc<Context>, options: ChatOptions) -> anyhow::Result<()> 
             format!("{r:.0} msg/s")
         });
     let h = &stats.latency;
+    let cpu_us_per_msg = cpu_micros_per_message(cpu_at_start, cpu_at_deadline, in_window)
+        .map_or_else(|| "na".to_owned(), |micros| format!("{micros:.1}"));
 
     println!("scenario: chat");
     println!("sessions online:  {online} of {}", options.sessions);
@@ -146,11 +159,12 @@ pub async fn run(ctx: Arc<Context>, options: ChatOptions) -> anyhow::Result<()> 
         millis(h.quantile(0.999)),
         millis(h.max())
     );
+    println!("server CPU:       {cpu_us_per_msg} us per delivered message");
     println!("bounced (error):  {bounced}");
     println!("lost:             {lost} (sent - received after drain)");
     println!(
         "RESULT scenario=chat online={online} sent={sent} received={received} lost={lost} \
-         delivered_per_s={:.1} p50_ms={:.2} p99_ms={:.2} p999_ms={:.2}",
+         delivered_per_s={:.1} p50_ms={:.2} p99_ms={:.2} p999_ms={:.2} cpu_us_per_msg={cpu_us_per_msg}",
         in_window as f64 / seconds,
         millis(h.quantile(0.5)),
         millis(h.quantile(0.99)),
@@ -246,6 +260,13 @@ impl Sender {
     }
 }
 
+/// Microseconds of server CPU (all threads, user + system) per message delivered while it was
+/// measured; `None` without both readings or without deliveries.
+fn cpu_micros_per_message(before: Option<f64>, after: Option<f64>, delivered: u64) -> Option<f64> {
+    let spent = after? - before?;
+    (delivered > 0 && spent >= 0.0).then(|| spent * 1e6 / delivered as f64)
+}
+
 /// What a received message body says, if it is one of ours.
 #[derive(Debug, PartialEq, Eq)]
 struct Probe {
@@ -303,6 +324,20 @@ async fn receive<R: AsyncRead + Unpin>(
 mod tests {
     use super::*;
     use crate::xml::parse_element;
+
+    #[test]
+    fn cpu_per_message_needs_both_readings_and_deliveries() {
+        let per_message = cpu_micros_per_message(Some(10.0), Some(11.5), 20_000).unwrap();
+        assert!((per_message - 75.0).abs() < 1e-9, "{per_message}");
+        assert_eq!(cpu_micros_per_message(None, Some(11.5), 20_000), None);
+        assert_eq!(cpu_micros_per_message(Some(10.0), None, 20_000), None);
+        assert_eq!(cpu_micros_per_message(Some(10.0), Some(11.5), 0), None);
+        assert_eq!(
+            cpu_micros_per_message(Some(12.0), Some(11.5), 5),
+            None,
+            "a clock going back"
+        );
+    }
 
     #[test]
     fn probes_round_trip_and_foreign_bodies_are_ignored() {

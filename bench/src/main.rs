@@ -112,6 +112,9 @@ enum Scenario {
         window: usize,
         #[arg(long, default_value_t = 100)]
         concurrency: usize,
+        /// Server process whose CPU time per delivered message is measured.
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
     /// Users in shared roster groups log in and stay online; fan-out cost and settle time.
     RosterLogin {
@@ -253,6 +256,7 @@ fn main() -> anyhow::Result<()> {
                 drain,
                 window,
                 concurrency,
+                server_pid,
             } => {
                 let rate = match rate {
                     Rate::Max => None,
@@ -267,6 +271,7 @@ fn main() -> anyhow::Result<()> {
                         drain,
                         window,
                         concurrency,
+                        server_pid,
                     },
                 )
                 .await
