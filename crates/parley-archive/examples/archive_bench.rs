@@ -22,7 +22,7 @@ use parley_archive::{
     ArchiveOptions, Body, ComplianceArchive, ExportFormat, MessageRecord, SearchFilter, SystemClock,
 };
 use parley_proto::{BareJid, Element, Stanza};
-use parley_router::ComplianceStage;
+use parley_router::{Addressee, ComplianceStage};
 use parley_storage::{Archive, ArchiveAppend, ArchiveQuery, NewRecord, RedbStore, Space, Store, WriteBatch};
 
 fn arg(index: usize, default: usize) -> usize {
@@ -64,7 +64,10 @@ async fn stage_throughput(archive: &Arc<ComplianceArchive>, messages: usize, sen
         tasks.spawn(async move {
             for n in 0..per_sender {
                 let mut message = stanza(sender, n, senders);
-                stage.record(&mut message).await.expect("recorded");
+                stage
+                    .record(&mut message, Addressee::LocalAccount)
+                    .await
+                    .expect("recorded");
             }
         });
     }
@@ -190,7 +193,10 @@ async fn stage_sweep(messages: usize) {
                 for n in 0..per_sender {
                     let mut message = stanza(sender, n, senders.max(2));
                     let sent = Instant::now();
-                    stage.record(&mut message).await.expect("recorded");
+                    stage
+                        .record(&mut message, Addressee::LocalAccount)
+                        .await
+                        .expect("recorded");
                     latencies.push(sent.elapsed());
                 }
                 latencies

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use minidom::Node;
 use parley_proto::{BareJid, Element, Jid, Stanza};
-use parley_router::{ComplianceError, ComplianceStage};
+use parley_router::{Addressee, ComplianceError, ComplianceStage};
 use parley_storage::{ArchiveAppend, NewRecord, Space};
 
 use crate::chain::ChainWriter;
@@ -16,7 +16,8 @@ use crate::entry::{Body, MessageRecord};
 pub const NS_SID: &str = "urn:xmpp:sid:0";
 
 /// Records every message the router accepts: one chain entry plus the sender's and the local
-/// recipient's MAM copies in `Space::Mam`, all in ONE durable commit of the chain's batch (one
+/// recipient's MAM copies in `Space::Mam` (a recipient copy only for an existing account, so a
+/// message to a name nobody holds never waits for whoever gets that name later), all in ONE durable commit of the chain's batch (one
 /// storage job per chain batch, so a message costs no extra queue hop or fsync), and the
 /// recipient's XEP-0359 `<stanza-id/>` on the stanza. `record` returns once that commit is
 /// durable, without waiting for the MAM copies to be indexed: a MAM query that starts afterwards
@@ -55,16 +56,17 @@ impl ArchiveStage {
 
 #[async_trait]
 impl ComplianceStage for ArchiveStage {
-    async fn record(&self, stanza: &mut Stanza) -> Result<(), ComplianceError> {
+    async fn record(&self, stanza: &mut Stanza, addressee: Addressee) -> Result<(), ComplianceError> {
         strip_local_stanza_ids(stanza.element_mut(), &self.domain);
         let record = message_record(stanza);
         // Each party's bare JID once: it names the copy's owner and is the other copy's `with`.
         let from_bare = stanza.from().map(Jid::to_bare);
         let to_bare = stanza.to().map(Jid::to_bare);
         let sender = from_bare.as_ref().filter(|bare| self.is_local_account(bare));
+        let to_self = sender.is_some() && to_bare.as_ref() == sender;
         let recipient = to_bare
             .as_ref()
-            .filter(|bare| self.is_local_account(bare) && Some(*bare) != sender);
+            .filter(|bare| addressee == Addressee::LocalAccount && self.is_local_account(bare) && !to_self);
         let ts = self.clock.now_micros();
         // The copies' payloads become references to the chain entry, which holds the stanza.
         let copy = |owner: &BareJid, with: Option<&BareJid>| ArchiveAppend {
@@ -88,12 +90,17 @@ impl ComplianceStage for ArchiveStage {
             .append_with_references(Body::Message(record), copies)
             .await
             .map_err(|error| ComplianceError(error.to_string()))?;
-        // The recipient's copy is the last one when there is a recipient.
-        let recipient_id = ids.last().copied().filter(|_| recipient.is_some());
-        if let (Some(recipient), Some(id)) = (recipient, recipient_id) {
+        // XEP-0359 §3.1: the id of the copy in the receiving archive. The recipient's copy is the
+        // last one; a message to oneself has one copy, in the sender's (= receiver's) archive.
+        let stamped = match (recipient, sender) {
+            (Some(recipient), _) => ids.last().map(|id| (recipient, *id)),
+            (None, Some(sender)) if to_self => ids.first().map(|id| (sender, *id)),
+            _ => None,
+        };
+        if let Some((archive, id)) = stamped {
             let stamp = Element::builder("stanza-id", NS_SID)
                 .attr(parley_proto::stanza::attr_name("id"), id.to_string())
-                .attr(parley_proto::stanza::attr_name("by"), recipient.as_str())
+                .attr(parley_proto::stanza::attr_name("by"), archive.as_str())
                 .build();
             stanza.element_mut().append_child(stamp);
         }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use parley_directory::{PersonDetails, StaticDirectory};
 use parley_proto::{BareJid, Element, Stanza};
-use parley_router::ComplianceStage;
+use parley_router::{Addressee, ComplianceStage};
 use parley_storage::{ArchiveQuery, KeyValue, MemoryStore, RedbStore, Space, Store, WriteBatch};
 use sha2::{Digest, Sha256};
 
@@ -73,8 +73,89 @@ async fn fixture() -> Fixture {
 
 async fn record(fixture: &Fixture, from: &str, to: &str, body: &str) -> Stanza {
     let mut stanza = message(from, to, body);
-    fixture.archive.stage().record(&mut stanza).await.unwrap();
+    fixture
+        .archive
+        .stage()
+        .record(&mut stanza, Addressee::LocalAccount)
+        .await
+        .unwrap();
     stanza
+}
+
+fn stanza_ids(stanza: &Stanza) -> Vec<(String, String)> {
+    stanza
+        .element()
+        .children()
+        .filter(|child| child.is("stanza-id", NS_SID))
+        .map(|child| {
+            let attr = |name| child.attr(name).unwrap_or_default().to_owned();
+            (attr("by"), attr("id"))
+        })
+        .collect()
+}
+
+async fn mam_copies(fixture: &Fixture, owner: &str) -> Vec<parley_storage::ArchiveRecord> {
+    let query = ArchiveQuery {
+        limit: 10,
+        ..ArchiveQuery::default()
+    };
+    fixture
+        .store
+        .query(Space::Mam, owner, &query)
+        .await
+        .unwrap()
+        .records
+}
+
+#[tokio::test]
+async fn a_message_to_a_name_nobody_holds_gets_no_copy_for_that_name() {
+    let fixture = fixture().await;
+    let mut stanza = message("alice@example.com/phone", "ghost@example.com", "hello ghost");
+    fixture
+        .archive
+        .stage()
+        .record(&mut stanza, Addressee::Other)
+        .await
+        .unwrap();
+
+    assert!(stanza_ids(&stanza).is_empty(), "no archive received it");
+    assert!(
+        chain_entry(fixture.store.as_ref(), 1).await.is_some(),
+        "the chain has it"
+    );
+    assert_eq!(
+        mam_copies(&fixture, "alice@example.com").await.len(),
+        1,
+        "the sender's copy"
+    );
+    assert!(
+        mam_copies(&fixture, "ghost@example.com").await.is_empty(),
+        "nothing waits for whoever is given the name later"
+    );
+}
+
+#[tokio::test]
+async fn a_message_to_oneself_is_stamped_with_the_id_of_its_one_copy() {
+    let fixture = fixture().await;
+    let mut stanza = message(
+        "alice@example.com/phone",
+        "alice@example.com/laptop",
+        "note to self",
+    );
+    fixture
+        .archive
+        .stage()
+        .record(&mut stanza, Addressee::LocalAccount)
+        .await
+        .unwrap();
+
+    let copies = mam_copies(&fixture, "alice@example.com").await;
+    assert_eq!(copies.len(), 1, "one archive, one copy");
+    assert_eq!(
+        stanza_ids(&stanza),
+        vec![("alice@example.com".to_owned(), copies[0].id.to_string())],
+        "XEP-0359: the id in the receiving archive, which is the sender's own"
+    );
 }
 
 async fn chain_entry(kv: &dyn KeyValue, seq: u64) -> Option<Entry> {
@@ -90,7 +171,12 @@ async fn stage_records_chains_copies_and_stamps() {
     let mut stanza = message("alice@example.com/phone", "bob@example.com", "hello");
     let forged = "<stanza-id xmlns='urn:xmpp:sid:0' by='bob@example.com' id='forged'/>";
     stanza.element_mut().append_child(forged.parse().unwrap());
-    fixture.archive.stage().record(&mut stanza).await.unwrap();
+    fixture
+        .archive
+        .stage()
+        .record(&mut stanza, Addressee::LocalAccount)
+        .await
+        .unwrap();
 
     let ids: Vec<(String, String)> = stanza
         .element()
@@ -158,7 +244,7 @@ async fn stage_records_chains_copies_and_stamps() {
 }
 
 #[tokio::test]
-async fn remote_and_self_messages_get_one_mam_copy_and_no_stamp() {
+async fn remote_and_self_messages_get_one_mam_copy_each() {
     let fixture = fixture().await;
     let remote = record(&fixture, "alice@example.com/a", "zed@other.org", "out").await;
     assert!(remote.element().get_child("stanza-id", NS_SID).is_none());
@@ -169,7 +255,8 @@ async fn remote_and_self_messages_get_one_mam_copy_and_no_stamp() {
         "note to self",
     )
     .await;
-    assert!(own.element().get_child("stanza-id", NS_SID).is_none());
+    let stamped_by: Vec<String> = stanza_ids(&own).into_iter().map(|(by, _)| by).collect();
+    assert_eq!(stamped_by, ["alice@example.com"], "her own archive received it");
     let query = ArchiveQuery::default();
     assert_eq!(
         fixture
@@ -203,7 +290,7 @@ async fn concurrent_sessions_form_one_gapless_chain() {
                     "bob@example.com",
                     &format!("m{session}-{n}"),
                 );
-                stage.record(&mut stanza).await.unwrap();
+                stage.record(&mut stanza, Addressee::LocalAccount).await.unwrap();
             }
         });
     }
@@ -759,7 +846,11 @@ async fn a_failed_chain_commit_stores_no_mam_copy() {
         fixture.store.apply(moved).await.unwrap();
 
         let mut stanza = message("alice@example.com/a", "bob@example.com", "second");
-        let refused = fixture.archive.stage().record(&mut stanza).await;
+        let refused = fixture
+            .archive
+            .stage()
+            .record(&mut stanza, Addressee::LocalAccount)
+            .await;
         assert!(refused.is_err(), "{refused:?}");
         assert!(stanza.element().get_child("stanza-id", NS_SID).is_none());
         for owner in ["alice@example.com", "bob@example.com"] {
@@ -865,7 +956,11 @@ async fn purge_stops_when_the_directory_cannot_say_whose_retention_applies() {
     .await
     .unwrap();
     let mut stanza = message("alice@example.com/a", "bob@example.com", "keep me");
-    archive.stage().record(&mut stanza).await.unwrap();
+    archive
+        .stage()
+        .record(&mut stanza, Addressee::LocalAccount)
+        .await
+        .unwrap();
     clock.set(T0 + 400 * DAY);
     // The default would have expired it; a department may keep it for years.
     let outcome = archive.purge("test", false).await;

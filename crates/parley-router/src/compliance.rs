@@ -7,14 +7,25 @@ use parley_proto::Stanza;
 #[error("the compliance record could not be written: {0}")]
 pub struct ComplianceError(pub String);
 
+/// What the router knows of a message's addressee when it asks for the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addressee {
+    /// An account of this server that exists (online, or known to the directory).
+    LocalAccount,
+    /// Anything else: a remote address, the server itself, or a local name nobody holds.
+    Other,
+}
+
 /// Records an accepted message durably before it is delivered or acknowledged. The router calls
 /// it for every message from a local client, after the client hooks and before routing; a
 /// failure refuses the message (`internal-server-error` to its sender), so nothing is delivered
 /// that was not recorded. No module can skip it. The stage may add to the stanza what its
-/// recipients should see of the record, such as a XEP-0359 `<stanza-id/>`.
+/// recipients should see of the record, such as a XEP-0359 `<stanza-id/>`. Only a
+/// [`Addressee::LocalAccount`] has an archive of its own to receive a copy: a message to a name
+/// nobody holds must not wait in an archive for whoever gets that name later.
 #[async_trait]
 pub trait ComplianceStage: Send + Sync + 'static {
-    async fn record(&self, stanza: &mut Stanza) -> Result<(), ComplianceError>;
+    async fn record(&self, stanza: &mut Stanza, addressee: Addressee) -> Result<(), ComplianceError>;
 }
 
 /// The stage used until a compliance archive is configured: it records nothing and says so in
@@ -24,7 +35,7 @@ pub struct Unarchived;
 
 #[async_trait]
 impl ComplianceStage for Unarchived {
-    async fn record(&self, _stanza: &mut Stanza) -> Result<(), ComplianceError> {
+    async fn record(&self, _stanza: &mut Stanza, _addressee: Addressee) -> Result<(), ComplianceError> {
         Ok(())
     }
 }

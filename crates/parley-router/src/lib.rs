@@ -15,7 +15,7 @@ mod module;
 mod router;
 mod sessions;
 
-pub use compliance::{ComplianceError, ComplianceStage, Unarchived};
+pub use compliance::{Addressee, ComplianceError, ComplianceStage, Unarchived};
 pub use module::{
     Event, EventHandler, Hook, HookHandler, HookOutcome, IqContext, IqHandler, IqResult, IqRoute, Module,
     Registry, RegistryError, Scope,

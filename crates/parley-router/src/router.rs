@@ -1,6 +1,6 @@
 //! Addressing and delivery: what happens to a stanza once a session hands it over.
 
-use crate::compliance::{ComplianceStage, Unarchived};
+use crate::compliance::{Addressee, ComplianceStage, Unarchived};
 use crate::module::{
     Event, Hook, HookOutcome, IqContext, Module, Registry, RegistryError, Scope, StreamFeature,
 };
@@ -101,6 +101,21 @@ impl Router {
 
     pub fn is_local(&self, jid: &Jid) -> bool {
         jid.domain() == self.0.domain.domain()
+    }
+
+    /// Whether a message's `to` names an existing local account. One with a bound session exists
+    /// (the directory ends the sessions of accounts it removes), so only offline addressees need
+    /// the directory lookup.
+    async fn addressee(&self, stanza: &Stanza) -> Addressee {
+        let Some(to) = stanza.to().filter(|to| self.is_local(to) && to.node().is_some()) else {
+            return Addressee::Other;
+        };
+        let account = to.to_bare();
+        if self.0.sessions.is_online(&account) || self.account_exists(&account).await {
+            Addressee::LocalAccount
+        } else {
+            Addressee::Other
+        }
     }
 
     pub fn sessions(&self) -> &SessionTable {
@@ -225,7 +240,8 @@ impl Router {
                     let own = stanza.from().map(|from| Jid::from(from.to_bare()));
                     stanza.set_to(own);
                 }
-                if let Err(err) = self.0.compliance.record(&mut stanza).await {
+                let addressee = self.addressee(&stanza).await;
+                if let Err(err) = self.0.compliance.record(&mut stanza, addressee).await {
                     tracing::error!(error = %err, "message refused: compliance record failed");
                     return self
                         .bounce(&stanza, error(StanzaErrorCondition::InternalServerError))
@@ -350,9 +366,7 @@ impl Router {
                 .await;
         }
         let account = to.to_bare();
-        // An account with a bound session exists (the directory ends the sessions of accounts
-        // it removes): only messages to offline accounts need the directory lookup.
-        if !self.0.sessions.is_online(&account) && !self.account_exists(&account).await {
+        if self.addressee(&stanza).await == Addressee::Other {
             return self
                 .bounce(&stanza, error(StanzaErrorCondition::ServiceUnavailable))
                 .await;

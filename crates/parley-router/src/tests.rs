@@ -347,10 +347,59 @@ async fn a_queue_of_large_stanzas_is_bounded_by_bytes() {
 struct Refuse(AtomicUsize);
 #[async_trait]
 impl ComplianceStage for Refuse {
-    async fn record(&self, _stanza: &mut Stanza) -> Result<(), ComplianceError> {
+    async fn record(&self, _stanza: &mut Stanza, _addressee: Addressee) -> Result<(), ComplianceError> {
         self.0.fetch_add(1, Ordering::SeqCst);
         Err(ComplianceError("disk full".into()))
     }
+}
+
+/// Accepts every message and remembers what the router said of its addressee.
+#[derive(Default)]
+struct Addressees(std::sync::Mutex<Vec<(String, Addressee)>>);
+#[async_trait]
+impl ComplianceStage for Addressees {
+    async fn record(&self, stanza: &mut Stanza, addressee: Addressee) -> Result<(), ComplianceError> {
+        let to = stanza.to().map(ToString::to_string).unwrap_or_default();
+        self.0.lock().unwrap().push((to, addressee));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_compliance_stage_learns_whether_the_addressee_is_an_existing_account() {
+    let stage = Arc::new(Addressees::default());
+    let router = Router::builder(
+        BareJid::new("example.org").unwrap(),
+        Arc::new(Known(&["alice", "bob", "carol"])),
+    )
+    .compliance(stage.clone())
+    .build()
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let alice = bind(&router, "alice@example.org/a", 8).await;
+    let bob = bind(&router, "bob@example.org/b", 8).await;
+    available(&router, &bob, 0).await;
+    for to in [
+        "bob@example.org/b",
+        "carol@example.org",
+        "ghost@example.org",
+        "example.org",
+        "dave@elsewhere.example",
+    ] {
+        router.submit(message(&alice.jid, to, "chat")).await;
+    }
+    let seen = stage.0.lock().unwrap().clone();
+    let expected = [
+        ("bob@example.org/b", Addressee::LocalAccount),
+        ("carol@example.org", Addressee::LocalAccount),
+        ("ghost@example.org", Addressee::Other),
+        ("example.org", Addressee::Other),
+        ("dave@elsewhere.example", Addressee::Other),
+    ];
+    let expected: Vec<(String, Addressee)> = expected
+        .iter()
+        .map(|(to, addressee)| (to.to_string(), *addressee))
+        .collect();
+    assert_eq!(seen, expected, "online, offline, unknown, the server, remote");
 }
 
 #[tokio::test]
