@@ -35,6 +35,10 @@ pub const NS_DELAY: &str = "urn:xmpp:delay";
 pub const PREFS_KEY: &str = "prefs";
 /// Longest query id, id or JID value accepted in a request, in bytes.
 const MAX_VALUE_LEN: usize = 3071;
+/// XEP-0122 data form validation, which marks the `ids` field as open to any value.
+const NS_DATA_VALIDATE: &str = "http://jabber.org/protocol/xdata-validate";
+/// The most archive ids one query may name in its `ids` field.
+const MAX_NAMED_IDS: usize = 100;
 /// Most records read while counting or indexing past a preference filter; beyond this the
 /// optional RSM `<count/>`/`index` is left out rather than reading the whole archive.
 const SCAN_BUDGET: usize = 100_000;
@@ -274,6 +278,11 @@ struct MamQuery {
     rsm_after: Option<u64>,
     /// RSM `<before/>`: `Some(None)` is the empty element, the last page.
     rsm_before: Option<Option<u64>>,
+    /// The `ids` form field (XEP-0313 §4.1.3): the result set is at most these messages.
+    ids: Vec<u64>,
+    /// `<flip-page/>` (XEP-0313 §4.2.4): the page is sent newest first; which messages it holds
+    /// does not change.
+    flip_page: bool,
 }
 
 impl MamQuery {
@@ -318,6 +327,27 @@ impl MamQuery {
         ]
         .into_iter()
         .flatten()
+        .chain(self.ids.iter().copied())
+    }
+
+    /// Whether `record` is in the result set the filters describe (for records fetched by id).
+    fn matches(&self, record: &ArchiveRecord) -> bool {
+        let at = record.timestamp_micros;
+        self.with.as_ref().is_none_or(|with| *with == record.with)
+            && self.start.is_none_or(|start| at >= start)
+            && self.end.is_none_or(|end| at <= end)
+            && self.after_id.is_none_or(|after| record.id > after)
+            && self.before_id.is_none_or(|before| record.id < before)
+    }
+
+    /// The RSM window over records fetched by id (ascending), and whether it holds all of them.
+    fn window_over(&self, mut records: Vec<ArchiveRecord>) -> (Vec<ArchiveRecord>, bool) {
+        records.retain(|record| {
+            self.rsm_after.is_none_or(|after| record.id > after)
+                && self.rsm_before.flatten().is_none_or(|before| record.id < before)
+        });
+        let complete = records.len() <= self.max;
+        (take_window(records, self.max, self.backwards()), complete)
     }
 }
 
@@ -379,6 +409,7 @@ fn parse_query(payload: &Element, options: &MamOptions) -> Result<MamQuery, Stan
     if let Some(form) = payload.get_child("x", NS_DATA) {
         parse_form(form, &mut query)?;
     }
+    query.flip_page = payload.get_child("flip-page", NS_MAM).is_some();
     if let Some(set) = payload.get_child("set", NS_RSM) {
         parse_rsm(set, &mut query, options)?;
     }
@@ -402,6 +433,19 @@ fn parse_form(form: &Element, query: &mut MamQuery) -> Result<(), StanzaError> {
     }
     for field in form.children().filter(|child| child.is("field", NS_DATA)) {
         let var = field.attr("var").unwrap_or("");
+        if var == "ids" {
+            // A list-multi: one archive id per <value/>.
+            for value in field.children().filter(|child| child.is("value", NS_DATA)) {
+                if query.ids.len() == MAX_NAMED_IDS {
+                    return Err(error(
+                        StanzaErrorCondition::PolicyViolation,
+                        &format!("At most {MAX_NAMED_IDS} ids per query"),
+                    ));
+                }
+                query.ids.push(parse_id(&bounded_text(value, var)?)?);
+            }
+            continue;
+        }
         let value = match field.get_child("value", NS_DATA) {
             Some(value) => bounded_text(value, var)?,
             None => continue,
@@ -424,9 +468,10 @@ fn parse_form(form: &Element, query: &mut MamQuery) -> Result<(), StanzaError> {
             "after-id" => query.after_id = Some(parse_id(&value)?),
             "before-id" => query.before_id = Some(parse_id(&value)?),
             _ => {
-                // XEP-0313 §4.1.1: a field the server does not support is refused.
+                // XEP-0313 §4.1.5: "If a client includes a form field that the server does not
+                // recognise, the server MUST respond with a 'feature-not-implemented' error."
                 return Err(error(
-                    StanzaErrorCondition::BadRequest,
+                    StanzaErrorCondition::FeatureNotImplemented,
                     &format!("Unsupported field {var:?}"),
                 ));
             }
@@ -539,6 +584,13 @@ fn query_form() -> Element {
     ] {
         form.append_child(form_field(var, field_type, None));
     }
+    // XEP-0313 §4.1.5: the ids are open to any value, never listed.
+    let mut ids = form_field("ids", "list-multi", None);
+    let mut validate = Element::bare("validate", NS_DATA_VALIDATE);
+    set_attr(&mut validate, "datatype", Some("xs:string"));
+    validate.append_child(Element::bare("open", NS_DATA_VALIDATE));
+    ids.append_child(validate);
+    form.append_child(ids);
     let mut query = Element::bare("query", NS_MAM);
     query.append_child(form);
     query
@@ -790,14 +842,17 @@ impl Inner {
             .try_into_full()
             .map_err(|_| error(StanzaErrorCondition::BadRequest, "Queries come from a resource"))?;
         let owner_key = owner.as_str();
+        let mut by_id = Vec::new();
         for id in request.named_ids() {
             let known = self
                 .archive
                 .get_record(Space::Mam, owner_key, id)
                 .await
                 .map_err(|e| internal(&e))?;
-            if known.is_none() {
-                return Err(error(StanzaErrorCondition::ItemNotFound, "No such archive id"));
+            match known {
+                None => return Err(error(StanzaErrorCondition::ItemNotFound, "No such archive id")),
+                Some(record) if request.ids.contains(&id) => by_id.push(record),
+                Some(_) => {}
             }
         }
         let mut visibility = self.visibility(owner).await.map_err(|e| internal(&e))?;
@@ -810,34 +865,45 @@ impl Inner {
             };
         }
         let result_set = request.result_set();
-        let page = self
-            .page(owner_key, &request.window(), &visibility)
-            .await
-            .map_err(|e| internal(&e))?;
-        let count = self
-            .count(owner_key, &result_set, &visibility)
-            .await
-            .map_err(|e| internal(&e))?;
+        let (page, count) = if request.ids.is_empty() {
+            let page = self
+                .page(owner_key, &request.window(), &visibility)
+                .await
+                .map_err(|e| internal(&e))?;
+            let count = self
+                .count(owner_key, &result_set, &visibility)
+                .await
+                .map_err(|e| internal(&e))?;
+            (page, count)
+        } else {
+            // XEP-0313 §4.1.3: the named messages, as far as the other filters keep them.
+            by_id.sort_by_key(|record| record.id);
+            by_id.dedup_by_key(|record| record.id);
+            by_id.retain(|record| request.matches(record) && visibility.shows(&record.with));
+            let count = by_id.len() as u64;
+            let (records, complete) = request.window_over(by_id);
+            (Page { records, complete }, Some(count))
+        };
+        // RSM's `index` is optional (XEP-0059 §2.6). It is given where it costs nothing: the first
+        // page and the last one. In the middle of a large archive it would take a count by reading.
         let index = match page.records.first() {
             None => None,
             Some(_) if !request.backwards() && request.rsm_after.is_none() => Some(0),
             Some(_) if request.rsm_before == Some(None) => {
                 count.map(|count| count.saturating_sub(page.records.len() as u64))
             }
-            Some(first) => {
-                let mut before_first = result_set.clone();
-                before_first.before_id = Some(before_first.before_id.map_or(first.id, |id| id.min(first.id)));
-                self.count(owner_key, &before_first, &visibility)
-                    .await
-                    .map_err(|e| internal(&e))?
-            }
+            Some(_) => None,
         };
 
         let stanzas = self
             .archived_stanzas(owner, &page.records)
             .await
             .map_err(|e| internal(&e))?;
-        for (record, archived) in page.records.iter().zip(stanzas) {
+        let mut results: Vec<_> = page.records.iter().zip(stanzas).collect();
+        if request.flip_page {
+            results.reverse();
+        }
+        for (record, archived) in results {
             let Some(archived) = archived else {
                 continue;
             };
@@ -1165,13 +1231,14 @@ mod tests {
         let rsm = format!("<max>2</max><after>{}</after>", first.ids[1]);
         let second = ask(&mut fixture, "set", &query("", &rsm)).await;
         assert_eq!(second.bodies, ["m3", "m4"]);
-        assert_eq!(second.index().as_deref(), Some("2"));
+        // No index inside the archive: it would cost a count by reading (XEP-0059 §2.6: optional).
+        assert_eq!(second.index(), None);
         assert!(!second.complete());
 
         let rsm = format!("<max>2</max><after>{}</after>", second.ids[1]);
         let third = ask(&mut fixture, "set", &query("", &rsm)).await;
         assert_eq!(third.bodies, ["m5"]);
-        assert_eq!(third.index().as_deref(), Some("4"));
+        assert_eq!(third.index(), None);
         assert_eq!(third.rsm("count").as_deref(), Some("5"));
         assert!(third.complete());
     }
@@ -1213,7 +1280,7 @@ mod tests {
         let rsm = format!("<max>2</max><before>{}</before>", last.ids[0]);
         let middle = ask(&mut fixture, "set", &query("", &rsm)).await;
         assert_eq!(middle.bodies, ["m2", "m3"]);
-        assert_eq!(middle.index().as_deref(), Some("1"));
+        assert_eq!(middle.index(), None);
         let rsm = format!("<max>2</max><before>{}</before>", middle.ids[0]);
         let first = ask(&mut fixture, "set", &query("", &rsm)).await;
         assert_eq!(first.bodies, ["m1"]);
@@ -1287,7 +1354,7 @@ mod tests {
             ),
             (
                 query(&field("colour", "red"), ""),
-                StanzaErrorCondition::BadRequest,
+                StanzaErrorCondition::FeatureNotImplemented,
             ),
             (query("", "<max>many</max>"), StanzaErrorCondition::BadRequest),
             (
@@ -1423,6 +1490,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_flipped_page_holds_the_same_messages_newest_first() {
+        let mut fixture = fixture().await;
+        five_to_bob(&mut fixture).await;
+        let plain = ask(&mut fixture, "set", &query("", "<max>3</max><before/>")).await;
+        let flipped_query = query("", "<max>3</max><before/>").replace("</query>", "<flip-page/></query>");
+        let flipped = ask(&mut fixture, "set", &flipped_query).await;
+        assert_eq!(plain.bodies, ["m3", "m4", "m5"]);
+        assert_eq!(flipped.bodies, ["m5", "m4", "m3"]);
+        for summary in ["first", "last", "count"] {
+            assert_eq!(
+                flipped.rsm(summary),
+                plain.rsm(summary),
+                "{summary} describes the same page"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_ids_field_fetches_those_messages() {
+        let mut fixture = fixture().await;
+        five_to_bob(&mut fixture).await;
+        let all = ask(&mut fixture, "set", &query("", "")).await;
+        let ids = format!(
+            "<field var='ids' type='list-multi'><value>{}</value><value>{}</value></field>",
+            all.ids[3], all.ids[1]
+        );
+        let named = ask(&mut fixture, "set", &query(&ids, "")).await;
+        assert_eq!(named.bodies, ["m2", "m4"], "in archive order");
+        assert_eq!(named.rsm("count").as_deref(), Some("2"));
+        assert!(named.complete());
+
+        let with_other = format!("{ids}{}", field("with", "carol@example.com"));
+        let filtered = ask(&mut fixture, "set", &query(&with_other, "")).await;
+        assert!(filtered.bodies.is_empty(), "the other filters still apply");
+
+        let unknown = field("ids", "999999");
+        let missing = ask(&mut fixture, "set", &query(&unknown, "")).await;
+        assert_eq!(missing.condition(), StanzaErrorCondition::ItemNotFound);
+        let values: String = (1..=MAX_NAMED_IDS + 1)
+            .map(|n| format!("<value>{n}</value>"))
+            .collect();
+        let too_many = format!("<field var='ids'>{values}</field>");
+        let refused = ask(&mut fixture, "set", &query(&too_many, "")).await;
+        assert_eq!(refused.condition(), StanzaErrorCondition::PolicyViolation);
+    }
+
+    #[tokio::test]
     async fn form_fields_and_metadata() {
         let mut fixture = fixture().await;
         let form = ask(&mut fixture, "get", "<query xmlns='urn:xmpp:mam:2'/>").await;
@@ -1437,7 +1551,15 @@ mod tests {
             .collect();
         assert_eq!(
             vars,
-            ["FORM_TYPE", "with", "start", "end", "after-id", "before-id"]
+            [
+                "FORM_TYPE",
+                "with",
+                "start",
+                "end",
+                "after-id",
+                "before-id",
+                "ids"
+            ]
         );
 
         let empty = ask(&mut fixture, "get", "<metadata xmlns='urn:xmpp:mam:2'/>").await;
