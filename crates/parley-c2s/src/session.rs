@@ -551,20 +551,44 @@ struct Bound<S> {
 const WRITE_BATCH: usize = 64;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
-    /// The session loop; the resource is unbound when it ends, however it ends.
+    /// The session loop; the resource is unbound when it ends, however it ends, and BEFORE the
+    /// closing handshake: a client that stopped answering may keep the handshake waiting for
+    /// `close_timeout`, and nothing routed meanwhile may be queued for a session that will never
+    /// write it (RFC 6121 §8.5.2.2.1: store it offline or answer with an error, never drop it).
     async fn run(mut self) -> Result<(), ConnError> {
-        let result = self.serve().await;
+        let ending = self.serve().await;
         self.ctx.router.unbind(&self.jid, self.id).await;
-        result
+        self.route_unwritten().await;
+        match ending {
+            Ok(None) => Ok(()),
+            Ok(Some(error)) => {
+                let close_timeout = self.ctx.settings.close_timeout;
+                Box::pin(self.close_with(error, close_timeout)).await
+            }
+            Err(error) => Err(error),
+        }
     }
 
-    async fn serve(&mut self) -> Result<(), ConnError> {
+    /// Routes again what was queued for this session but never written, now that it is unbound:
+    /// a message goes the way it would have gone had the resource been offline (another
+    /// resource, offline storage, or an error to its sender), a request gets its error. Presence
+    /// for a resource that is gone means nothing to anyone and is dropped.
+    async fn route_unwritten(&mut self) {
+        self.queue.close();
+        while let Ok(Outbound::Stanza(stanza)) = self.queue.try_recv() {
+            self.control
+                .release(parley_proto::writer::approximate_size(stanza.element()));
+            if stanza.kind() != parley_proto::StanzaKind::Presence {
+                self.ctx.router.route(*stanza).await;
+            }
+        }
+    }
+
+    /// Runs the bound session until it ends: `Ok(None)` when it is closed already, `Ok(Some)`
+    /// with the stream error to close it with.
+    async fn serve(&mut self) -> Result<Option<StreamError>, ConnError> {
         let settings = &self.ctx.settings;
-        let (ping_idle_after, ping_timeout, close_timeout) = (
-            settings.ping_idle_after,
-            settings.ping_timeout,
-            settings.close_timeout,
-        );
+        let (ping_idle_after, ping_timeout) = (settings.ping_idle_after, settings.ping_timeout);
         let shutdown = self.ctx.shutdown.clone();
         let control = self.control.clone();
         let idle = tokio::time::sleep(ping_idle_after);
@@ -606,7 +630,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
                         }
                         Ok(StreamEvent::End) => {
                             self.conn.close().await;
-                            return Ok(());
+                            return Ok(None);
                         }
                         Ok(StreamEvent::Header(_)) => {
                             break Err(StreamError::with_text(Cond::BadFormat, "Unexpected stream header"));
@@ -642,9 +666,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
         match result {
             Ok(()) => {
                 self.conn.close().await;
-                Ok(())
+                Ok(None)
             }
-            Err(error) => Box::pin(self.close_with(error, close_timeout)).await,
+            Err(error) => Ok(Some(error)),
         }
     }
 

@@ -88,6 +88,40 @@ async fn unanswered_idle_ping_is_connection_timeout() {
     alice.expect_stream_error("connection-timeout").await;
 }
 
+// RFC 6121 §8.5.2.2.1: a message must be stored offline or answered with an error, never
+// dropped. A session timed out by an unanswered ping waits `close_timeout` for the client's
+// closing tag; a message routed meanwhile must not be queued for that dead session.
+#[tokio::test]
+async fn a_message_arriving_while_a_dead_session_closes_is_stored_offline() {
+    let server = server_with(|config| {
+        config.c2s.ping_idle_after = ConfigDuration::from_millis(400);
+        config.c2s.ping_timeout = ConfigDuration::from_millis(400);
+        config.c2s.close_timeout = ConfigDuration::from_secs(30);
+    })
+    .await;
+    let mut bob = bound(&server, "bob", "desk").await;
+    bob.send("<presence/>").await;
+    bob.expect("<presence").await;
+    expect_server_ping(&mut bob).await;
+    // Bob's client is gone: it answers nothing, not even the stream error, for 30 s.
+    bob.expect_stream_error("connection-timeout").await;
+
+    let mut alice = bound(&server, "alice", "phone").await;
+    alice
+        .send("<message to='bob@localhost' type='chat' id='m1'><body>while you were away</body></message>")
+        .await;
+    alice.expect_silence(QUIET).await;
+
+    let mut laptop = bound(&server, "bob", "laptop").await;
+    laptop.send("<presence/>").await;
+    let stored = laptop.expect("</message>").await;
+    assert!(stored.contains("while you were away"), "{stored}");
+    assert!(
+        stored.contains("urn:xmpp:delay"),
+        "delivered from offline storage: {stored}"
+    );
+}
+
 // RFC 6120 §4.6.1: whitespace between stanzas is a keepalive; it counts as activity.
 #[tokio::test]
 async fn whitespace_keepalives_keep_the_session() {
