@@ -727,8 +727,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
                 }
                 return Ok(());
             }
+            Err((EnvelopeError::BadIq, element)) if element.attr("id").is_some() => {
+                // RFC 6120 §8.3.3.1: an unrecognized type is the stanza's fault, not the stream's.
+                let mut reply = iq_error(&element, StanzaErrorCondition::BadRequest);
+                parley_proto::stanza::set_attr(&mut reply, "to", Some(&self.jid.to_string()));
+                return Ok(self.conn.send(&reply).await?);
+            }
             Err((EnvelopeError::BadIq, _)) => {
-                return Err(stream_err(Cond::InvalidXml, "An iq needs an id and a valid type"));
+                // Without an id no answer can name the request (RFC 6120 §8.2.3).
+                return Err(stream_err(Cond::InvalidXml, "An iq needs an id"));
             }
             Err((EnvelopeError::NotAStanza(_), element)) => return Err(unexpected(&element, false)),
         };

@@ -205,9 +205,10 @@ impl Stanza {
 
     /// The error reply to this stanza (RFC 6120 §8.3.1): addresses swapped, `type='error'`, the
     /// original children kept, and the error appended. `None` for an error stanza, which must
-    /// never be answered with another error.
+    /// never be answered with another error, and for an IQ result (RFC 6120 §8.2.3: a result or
+    /// an error is never answered with a result or an error).
     pub fn error_reply(&self, error: &StanzaError) -> Option<Stanza> {
-        if self.is_error() {
+        if self.is_error() || (self.kind == StanzaKind::Iq && self.stanza_type() == Some("result")) {
             return None;
         }
         let mut element = Element::bare(self.kind.as_str(), ns::CLIENT);
@@ -291,6 +292,13 @@ mod tests {
             reply
                 .error_reply(&StanzaError::new(StanzaErrorCondition::BadRequest))
                 .is_none()
+        );
+        let result = parse("<iq xmlns='jabber:client' from='a@x/r' to='x' id='q' type='result'/>").unwrap();
+        assert!(
+            result
+                .error_reply(&StanzaError::new(StanzaErrorCondition::ServiceUnavailable))
+                .is_none(),
+            "an IQ result is never answered"
         );
     }
 

@@ -382,15 +382,16 @@ impl Router {
                 Ok(()) => return,
                 Err(unsent) => stanza = *unsent,
             }
-            // RFC 6121 §8.5.3.2.1: no such resource.
+            // RFC 6121 §8.5.3.2.1: no such resource. Only a chat message goes the bare JID's way;
+            // "normal", "groupchat" and "headline" are ignored or answered with an error.
             match message_type.as_str() {
-                "error" => return,
-                "groupchat" => {
+                "chat" => {}
+                "error" | "headline" => return,
+                _ => {
                     return self
                         .bounce(&stanza, error(StanzaErrorCondition::ServiceUnavailable))
                         .await;
                 }
-                _ => {}
             }
         }
         // RFC 6121 §8.5.2: the bare JID of a local account.
@@ -476,11 +477,17 @@ impl Router {
         match self.run_hooks(Hook::PresenceOut, &mut stanza).await {
             HookOutcome::Handled => {}
             HookOutcome::Reject(err) => self.bounce(&stanza, err).await,
-            HookOutcome::Continue => {
-                if stanza.to().is_some() {
-                    self.route_presence(stanza).await
+            HookOutcome::Continue => match stanza.to() {
+                // A client's directed presence to a domain Parley cannot reach (a MUC join on
+                // another server, say) gets remote-server-not-found (RFC 6120 §8.3.3.16), so the
+                // client does not wait for an answer forever.
+                Some(to) if !self.is_local(to) && stanza.stanza_type().is_none() => {
+                    self.bounce(&stanza, error(StanzaErrorCondition::RemoteServerNotFound))
+                        .await
                 }
-            }
+                Some(_) => self.route_presence(stanza).await,
+                None => {}
+            },
         }
         if let Some(from) = initial_from {
             self.emit(Event::InitialPresence(from)).await;

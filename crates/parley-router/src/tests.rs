@@ -171,6 +171,45 @@ async fn a_message_to_a_missing_full_jid_falls_back_to_the_bare_jid() {
     assert_eq!(delivered.to().unwrap().as_str(), "bob@example.org/laptop");
 }
 
+#[tokio::test]
+async fn only_chat_to_a_missing_full_jid_falls_back_to_the_bare_jid() {
+    let router = router_with(vec![]);
+    let mut alice = bind(&router, "alice@example.org/a", 8).await;
+    let mut bob = bind(&router, "bob@example.org/phone", 8).await;
+    available(&router, &bob, 0).await;
+    for message_type in ["normal", "groupchat"] {
+        router
+            .submit(message(&alice.jid, "bob@example.org/laptop", message_type))
+            .await;
+        assert_eq!(
+            condition(&alice.next().expect("an error")),
+            StanzaErrorCondition::ServiceUnavailable,
+            "{message_type}"
+        );
+    }
+    router
+        .submit(message(&alice.jid, "bob@example.org/laptop", "headline"))
+        .await;
+    assert!(alice.next().is_none(), "a headline is dropped silently");
+    assert!(bob.next().is_none(), "nothing reaches the other resource");
+}
+
+#[tokio::test]
+async fn directed_presence_to_an_unreachable_domain_is_answered() {
+    let router = router_with(vec![]);
+    let mut alice = bind(&router, "alice@example.org/a", 8).await;
+    let join = Stanza::new(StanzaKind::Presence)
+        .with_from(alice.jid.clone())
+        .with_to(Jid::new("room@conference.elsewhere.example/alice").unwrap());
+    router.submit(join.clone()).await;
+    assert_eq!(
+        condition(&alice.next().expect("an error")),
+        StanzaErrorCondition::RemoteServerNotFound
+    );
+    router.submit(join.with_type("unavailable")).await;
+    assert!(alice.next().is_none(), "leaving needs no answer");
+}
+
 struct Echo;
 #[async_trait]
 impl IqHandler for Echo {

@@ -194,3 +194,25 @@ async fn each_iq_gets_exactly_one_reply() {
         );
     }
 }
+
+// RFC 6120 §8.3.3.1: an IQ of an unrecognized type is answered with bad-request; the stream
+// stays up.
+#[tokio::test]
+async fn iq_of_unknown_type_is_bad_request() {
+    let server = TestServer::start().await;
+    let mut alice = bound(&server, "alice", "desk").await;
+    alice
+        .send("<iq type='bogus' id='q9'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    expect_iq_error(&mut alice, "q9", "bad-request").await;
+    alice
+        .send("<iq type='get' id='q10'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let head = alice.expect("id='q10'").await;
+    let reply = head + &alice.expect(">").await;
+    assert_eq!(
+        last_attr(&reply, "iq", "type").as_deref(),
+        Some("result"),
+        "the stream is still up: {reply}"
+    );
+}
