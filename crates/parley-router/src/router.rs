@@ -4,7 +4,9 @@ use crate::compliance::{Addressee, ComplianceStage, Unarchived};
 use crate::module::{
     Event, Hook, HookOutcome, IqContext, Module, Registry, RegistryError, Scope, StreamFeature,
 };
-use crate::sessions::{BindError, Outbound, PresenceState, SessionControl, SessionId, SessionTable};
+use crate::sessions::{
+    BindError, Outbound, PresenceState, ResourceInfo, SessionControl, SessionId, SessionTable,
+};
 use async_trait::async_trait;
 use parley_proto::{
     BareJid, Element, FullJid, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaKind, ns,
@@ -160,16 +162,24 @@ impl Router {
         queue: mpsc::Sender<Outbound>,
         control: Arc<SessionControl>,
     ) -> Result<SessionId, BindError> {
-        let id = self.0.sessions.bind(jid.clone(), queue, control)?;
+        let (id, replaced) = self.0.sessions.bind(jid.clone(), queue, control)?;
+        if let Some(replaced) = replaced {
+            // The session it replaces ended here: its contacts and modules learn it now, before
+            // the new one says anything (its own unbind will find the resource taken).
+            self.session_ended(&jid, replaced).await;
+        }
         self.emit(Event::SessionBound(jid)).await;
         Ok(id)
     }
 
     /// Ends a bound session: if it was available, its contacts get unavailable presence.
     pub async fn unbind(&self, jid: &FullJid, id: SessionId) {
-        let Some(info) = self.0.sessions.unbind(jid, id) else {
-            return;
-        };
+        if let Some(info) = self.0.sessions.unbind(jid, id) {
+            self.session_ended(jid, info).await;
+        }
+    }
+
+    async fn session_ended(&self, jid: &FullJid, info: ResourceInfo) {
         if info.presence.available {
             let mut unavailable = Stanza::new(StanzaKind::Presence)
                 .with_type("unavailable")

@@ -154,13 +154,14 @@ impl SessionTable {
     }
 
     /// Binds `jid`. A session already bound to the same full JID is told to close with
-    /// `<conflict/>` and replaced (RFC 6120 §7.7.2.2).
+    /// `<conflict/>` and replaced (RFC 6120 §7.7.2.2); its last state is returned, since it ended
+    /// here and not at its own unbind.
     pub(crate) fn bind(
         &self,
         jid: FullJid,
         queue: mpsc::Sender<Outbound>,
         control: Arc<SessionControl>,
-    ) -> Result<SessionId, BindError> {
+    ) -> Result<(SessionId, Option<ResourceInfo>), BindError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut accounts = self.write();
         let resources = accounts.entry(jid.to_bare()).or_default();
@@ -169,17 +170,20 @@ impl SessionTable {
                 StreamErrorCondition::Conflict,
                 "Replaced by a new session for the same resource",
             ));
-            *existing = Resource {
-                info: ResourceInfo {
-                    jid,
-                    id,
-                    presence: PresenceState::default(),
-                    interested: false,
+            let replaced = std::mem::replace(
+                existing,
+                Resource {
+                    info: ResourceInfo {
+                        jid,
+                        id,
+                        presence: PresenceState::default(),
+                        interested: false,
+                    },
+                    queue,
+                    control,
                 },
-                queue,
-                control,
-            };
-            return Ok(id);
+            );
+            return Ok((id, Some(replaced.info)));
         }
         if resources.len() >= self.max_resources {
             return Err(BindError::TooManyResources);
@@ -194,7 +198,7 @@ impl SessionTable {
             queue,
             control,
         });
-        Ok(id)
+        Ok((id, None))
     }
 
     /// Removes the session `id` if it still owns `jid`; returns its last state.

@@ -196,6 +196,26 @@ async fn same_resource_twice_is_conflict_for_the_first() {
     assert_alive(&mut second, "second-alive").await;
 }
 
+// RFC 6121 §4.5.2 (a session ends "for any reason"): the session a new one replaced has ended,
+// so the account's other resources see it go unavailable, even if the new session never sends
+// any presence.
+#[tokio::test]
+async fn a_replaced_session_goes_unavailable() {
+    let server = TestServer::start().await;
+    let mut phone = bound(&server, "alice", "phone").await;
+    phone.send("<presence/>").await;
+    phone.expect("<presence").await;
+    let mut first = bound(&server, "alice", "ghost").await;
+    first.send("<presence><status>first</status></presence>").await;
+    phone.expect("first</status>").await;
+
+    let mut second = bound(&server, "alice", "ghost").await;
+    first.expect_stream_error("conflict").await;
+    let seen = phone.expect("type='unavailable'").await;
+    assert!(seen.contains("from='alice@localhost/ghost'"), "{seen}");
+    assert_alive(&mut second, "second-alive").await;
+}
+
 // RFC 6120 §7.6.2.1: more resources than `c2s.max_resources_per_account` is refused with
 // resource-constraint on bind; the existing session is unaffected.
 #[tokio::test]
