@@ -367,8 +367,9 @@ impl EventHandler for OfflineModule {
     async fn on_event(&self, router: &Router, event: &Event) {
         match event {
             Event::InitialPresence(resource) => {
-                // The router emits this for any first available presence; a resource with a
-                // negative priority never receives messages for the bare JID (RFC 6121 §8.5.2.1.1).
+                // The router emits this once the resource is reachable through the bare JID (a
+                // negative priority never is, RFC 6121 §8.5.2.1.1); checked again here, as the
+                // priority may have changed since.
                 let priority = router
                     .sessions()
                     .resource(resource)
@@ -387,7 +388,7 @@ impl EventHandler for OfflineModule {
                     tracing::error!(module = "offline", %account, error = %err, "could not drop offline messages");
                 }
             }
-            Event::SessionBound(_) | Event::SessionClosed(_) => {}
+            Event::SessionBound(_) | Event::Available(_) | Event::SessionClosed(_) => {}
         }
     }
 }

@@ -144,7 +144,7 @@ impl EventHandler for Events {
     async fn on_event(&self, router: &Router, event: &Event) {
         crate::shared_sync::start_once(&self.0, router);
         match event {
-            Event::InitialPresence(full) => self.0.initial_presence(router, full).await,
+            Event::Available(full) => self.0.initial_presence(router, full).await,
             Event::SessionClosed(full) => {
                 // An available resource's targets were told by its final unavailable broadcast;
                 // whatever is left was sent by a resource that never became available.
@@ -155,7 +155,7 @@ impl EventHandler for Events {
                         .await;
                 }
             }
-            Event::SessionBound(_) | Event::AccountRemoved(_) => {}
+            Event::SessionBound(_) | Event::InitialPresence(_) | Event::AccountRemoved(_) => {}
         }
     }
 }
@@ -396,10 +396,25 @@ impl Core {
         }
     }
 
-    /// §4.2: a resource became available: probe the contacts it is subscribed to, and hand it
-    /// the subscription requests that arrived while nobody was online (§3.1.3).
+    /// §4.2: a resource became available: tell it where else its account is online (§4.2.2:
+    /// an entity is implicitly subscribed to its own presence), probe the contacts it is
+    /// subscribed to, and hand it the subscription requests that arrived while nobody was online
+    /// (§3.1.3).
     async fn initial_presence(&self, router: &Router, full: &FullJid) {
         let owner = full.to_bare();
+        for other in router.sessions().resources(&owner) {
+            if other.jid == *full || !other.presence.available {
+                continue;
+            }
+            let Some(last) = other.presence.last.as_deref() else {
+                continue;
+            };
+            if let Ok(mut known) = Stanza::from_element(last.clone()) {
+                known.set_from(Some(other.jid.clone().into()));
+                known.set_to(Some(full.clone().into()));
+                router.send_to(full, known);
+            }
+        }
         match self.subscriptions(&owner).await {
             Ok(contacts) => {
                 for contact in contacts {

@@ -112,9 +112,12 @@ pub trait HookHandler: Send + Sync + 'static {
 pub enum Event {
     /// A resource was bound.
     SessionBound(FullJid),
+    /// A resource sent its initial presence (RFC 6121 §4.2): available after being unavailable,
+    /// whatever its priority. Time to probe its contacts and tell it what it missed.
+    Available(FullJid),
     /// A resource became reachable through its bare JID: its initial presence (RFC 6121 §4.2)
     /// with a non-negative priority, or a later one raising its priority from negative. Time
-    /// for offline messages.
+    /// for offline messages (a negative priority never receives what is sent to the bare JID).
     InitialPresence(FullJid),
     /// A resource is gone; if it was available, its unavailable presence was already routed.
     SessionClosed(FullJid),

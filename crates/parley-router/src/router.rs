@@ -479,8 +479,9 @@ impl Router {
                     priority: presence_priority(stanza.element()),
                     last: available.then(|| std::sync::Arc::new(stanza.element().clone())),
                 };
-                if self.0.sessions.set_presence(from, state) {
-                    initial_from = Some(from.clone());
+                let change = self.0.sessions.set_presence(from, state);
+                if change.became_available || change.became_reachable {
+                    initial_from = Some((from.clone(), change));
                 }
             }
         }
@@ -499,8 +500,13 @@ impl Router {
                 None => {}
             },
         }
-        if let Some(from) = initial_from {
-            self.emit(Event::InitialPresence(from)).await;
+        if let Some((from, change)) = initial_from {
+            if change.became_available {
+                self.emit(Event::Available(from.clone())).await;
+            }
+            if change.became_reachable {
+                self.emit(Event::InitialPresence(from)).await;
+            }
         }
     }
 

@@ -136,6 +136,16 @@ pub struct SessionTable {
     max_resources: usize,
 }
 
+/// What a presence broadcast changed for its resource.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PresenceChange {
+    /// Available now and not before: its initial presence (RFC 6121 §4.2), at any priority.
+    pub became_available: bool,
+    /// Able now, and not before, to receive messages sent to the bare JID (available with a
+    /// non-negative priority, RFC 6121 §8.5.2.1.1): its initial presence or a raised priority.
+    pub became_reachable: bool,
+}
+
 impl SessionTable {
     pub fn new(max_resources: usize) -> Self {
         Self {
@@ -216,21 +226,22 @@ impl SessionTable {
         Some(removed.info)
     }
 
-    /// Records a presence broadcast; returns true when the resource just became able to receive
-    /// messages sent to the bare JID (available with a non-negative priority, RFC 6121 §8.5.2.1.1)
-    /// when it was not before: its initial presence, or a priority raised from negative.
-    pub(crate) fn set_presence(&self, jid: &FullJid, presence: PresenceState) -> bool {
+    /// Records a presence broadcast and says what it changed.
+    pub(crate) fn set_presence(&self, jid: &FullJid, presence: PresenceState) -> PresenceChange {
         let mut accounts = self.write();
         let Some(resource) = accounts
             .get_mut(&jid.to_bare())
             .and_then(|resources| resources.iter_mut().find(|r| r.info.jid == *jid))
         else {
-            return false;
+            return PresenceChange::default();
         };
         let reachable = |p: &PresenceState| p.available && p.priority >= 0;
-        let initial = reachable(&presence) && !reachable(&resource.info.presence);
+        let change = PresenceChange {
+            became_available: presence.available && !resource.info.presence.available,
+            became_reachable: reachable(&presence) && !reachable(&resource.info.presence),
+        };
         resource.info.presence = presence;
-        initial
+        change
     }
 
     /// Marks the resource as interested in roster pushes.

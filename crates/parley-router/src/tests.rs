@@ -508,26 +508,29 @@ async fn hooks_run_by_priority_and_a_rejection_stops_the_stanza() {
 
 #[tokio::test]
 async fn initial_presence_fires_when_a_resource_becomes_reachable() {
-    struct Count(Arc<AtomicUsize>);
+    struct Count(Arc<AtomicUsize>, Arc<AtomicUsize>);
     #[async_trait]
     impl EventHandler for Count {
         async fn on_event(&self, _router: &Router, event: &Event) {
-            if matches!(event, Event::InitialPresence(_)) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
+            match event {
+                Event::InitialPresence(_) => self.0.fetch_add(1, Ordering::SeqCst),
+                Event::Available(_) => self.1.fetch_add(1, Ordering::SeqCst),
+                _ => 0,
+            };
         }
     }
-    struct Events(Arc<AtomicUsize>);
+    struct Events(Arc<AtomicUsize>, Arc<AtomicUsize>);
     impl Module for Events {
         fn name(&self) -> &'static str {
             "events"
         }
         fn register(self: Arc<Self>, registry: &mut Registry) {
-            registry.on_event(Arc::new(Count(self.0.clone())));
+            registry.on_event(Arc::new(Count(self.0.clone(), self.1.clone())));
         }
     }
     let count = Arc::new(AtomicUsize::new(0));
-    let router = router_with(vec![Arc::new(Events(count.clone()))]);
+    let availables = Arc::new(AtomicUsize::new(0));
+    let router = router_with(vec![Arc::new(Events(count.clone(), availables.clone()))]);
     let alice = bind(&router, "alice@example.org/a", 8).await;
     available(&router, &alice, -1).await;
     assert_eq!(
@@ -535,8 +538,18 @@ async fn initial_presence_fires_when_a_resource_becomes_reachable() {
         0,
         "negative priority is not reachable"
     );
+    assert_eq!(
+        availables.load(Ordering::SeqCst),
+        1,
+        "but it is the initial presence, whatever the priority"
+    );
     available(&router, &alice, 1).await;
     assert_eq!(count.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        availables.load(Ordering::SeqCst),
+        1,
+        "still the same availability"
+    );
     available(&router, &alice, 2).await;
     assert_eq!(count.load(Ordering::SeqCst), 1, "a later presence is not initial");
 }

@@ -216,3 +216,47 @@ async fn iq_of_unknown_type_is_bad_request() {
         "the stream is still up: {reply}"
     );
 }
+
+// RFC 6121 §4.2.2: a new resource's initial presence probes the contacts it is subscribed to,
+// whatever its priority (priority only decides who gets messages sent to the bare JID).
+#[tokio::test]
+async fn initial_presence_with_negative_priority_still_probes_contacts() {
+    let server = TestServer::start().await;
+    let mut bob = bound(&server, "bob", "desk").await;
+    become_available(&mut bob).await;
+    let mut phone = bound(&server, "alice", "phone").await;
+    become_available(&mut phone).await;
+    phone
+        .send("<presence type='subscribe' to='bob@localhost'/>")
+        .await;
+    bob.expect("type='subscribe'").await;
+    bob.send("<presence type='subscribed' to='alice@localhost'/>")
+        .await;
+    phone.expect("type='subscribed'").await;
+
+    let mut laptop = bound(&server, "alice", "laptop").await;
+    laptop.send("<presence><priority>-1</priority></presence>").await;
+    let received = laptop.drain(QUIET).await;
+    assert!(
+        received.contains("from='bob@localhost/desk'"),
+        "bob's presence answers the probe: {received}"
+    );
+}
+
+// RFC 6121 §4.2.2: an entity is implicitly subscribed to its own presence, so a resource that
+// becomes available learns about the account's other available resources.
+#[tokio::test]
+async fn a_new_resource_sees_the_accounts_other_resources() {
+    let server = TestServer::start().await;
+    let mut desk = bound(&server, "alice", "desk").await;
+    desk.send("<presence><show>dnd</show></presence>").await;
+    desk.expect("<presence").await;
+    let mut phone = bound(&server, "alice", "phone").await;
+    phone.send("<presence/>").await;
+    let received = phone.drain(QUIET).await;
+    let desk_presence = received
+        .split("<presence")
+        .find(|presence| presence.contains("from='alice@localhost/desk'"))
+        .unwrap_or_else(|| panic!("no presence from the desk: {received}"));
+    assert!(desk_presence.contains("<show>dnd</show>"), "{desk_presence}");
+}
