@@ -72,11 +72,15 @@ async fn fixture() -> Fixture {
 }
 
 async fn record(fixture: &Fixture, from: &str, to: &str, body: &str) -> Stanza {
+    record_to(fixture, from, to, body, Addressee::LocalAccount).await
+}
+
+async fn record_to(fixture: &Fixture, from: &str, to: &str, body: &str, addressee: Addressee) -> Stanza {
     let mut stanza = message(from, to, body);
     fixture
         .archive
         .stage()
-        .record(&mut stanza, Addressee::LocalAccount)
+        .record(&mut stanza, addressee)
         .await
         .unwrap();
     stanza
@@ -110,13 +114,14 @@ async fn mam_copies(fixture: &Fixture, owner: &str) -> Vec<parley_storage::Archi
 #[tokio::test]
 async fn a_message_to_a_name_nobody_holds_gets_no_copy_for_that_name() {
     let fixture = fixture().await;
-    let mut stanza = message("alice@example.com/phone", "ghost@example.com", "hello ghost");
-    fixture
-        .archive
-        .stage()
-        .record(&mut stanza, Addressee::Other)
-        .await
-        .unwrap();
+    let stanza = record_to(
+        &fixture,
+        "alice@example.com/phone",
+        "ghost@example.com",
+        "hello ghost",
+        Addressee::Other,
+    )
+    .await;
 
     assert!(stanza_ids(&stanza).is_empty(), "no archive received it");
     assert!(
@@ -137,17 +142,13 @@ async fn a_message_to_a_name_nobody_holds_gets_no_copy_for_that_name() {
 #[tokio::test]
 async fn a_message_to_oneself_is_stamped_with_the_id_of_its_one_copy() {
     let fixture = fixture().await;
-    let mut stanza = message(
+    let stanza = record(
+        &fixture,
         "alice@example.com/phone",
         "alice@example.com/laptop",
         "note to self",
-    );
-    fixture
-        .archive
-        .stage()
-        .record(&mut stanza, Addressee::LocalAccount)
-        .await
-        .unwrap();
+    )
+    .await;
 
     let copies = mam_copies(&fixture, "alice@example.com").await;
     assert_eq!(copies.len(), 1, "one archive, one copy");
@@ -178,17 +179,7 @@ async fn stage_records_chains_copies_and_stamps() {
         .await
         .unwrap();
 
-    let ids: Vec<(String, String)> = stanza
-        .element()
-        .children()
-        .filter(|child| child.is("stanza-id", NS_SID))
-        .map(|child| {
-            (
-                child.attr("by").unwrap().to_owned(),
-                child.attr("id").unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let ids = stanza_ids(&stanza);
     assert_eq!(ids.len(), 1, "the forged id is replaced by ours: {ids:?}");
     assert_eq!(ids[0].0, "bob@example.com");
 

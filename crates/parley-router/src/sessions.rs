@@ -175,30 +175,11 @@ impl SessionTable {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut accounts = self.write();
         let resources = accounts.entry(jid.to_bare()).or_default();
-        if let Some(existing) = resources.iter_mut().find(|r| r.info.jid == jid) {
-            existing.control.close(StreamError::with_text(
-                StreamErrorCondition::Conflict,
-                "Replaced by a new session for the same resource",
-            ));
-            let replaced = std::mem::replace(
-                existing,
-                Resource {
-                    info: ResourceInfo {
-                        jid,
-                        id,
-                        presence: PresenceState::default(),
-                        interested: false,
-                    },
-                    queue,
-                    control,
-                },
-            );
-            return Ok((id, Some(replaced.info)));
-        }
-        if resources.len() >= self.max_resources {
+        let existing = resources.iter().position(|r| r.info.jid == jid);
+        if existing.is_none() && resources.len() >= self.max_resources {
             return Err(BindError::TooManyResources);
         }
-        resources.push(Resource {
+        let bound = Resource {
             info: ResourceInfo {
                 jid,
                 id,
@@ -207,8 +188,17 @@ impl SessionTable {
             },
             queue,
             control,
-        });
-        Ok((id, None))
+        };
+        let Some(index) = existing else {
+            resources.push(bound);
+            return Ok((id, None));
+        };
+        let replaced = std::mem::replace(&mut resources[index], bound);
+        replaced.control.close(StreamError::with_text(
+            StreamErrorCondition::Conflict,
+            "Replaced by a new session for the same resource",
+        ));
+        Ok((id, Some(replaced.info)))
     }
 
     /// Removes the session `id` if it still owns `jid`; returns its last state.
