@@ -295,6 +295,10 @@ async fn receive_until_disconnected(mut client: Client, delivered: Arc<Mutex<BTr
 async fn mam_bodies(client: &mut Client) -> Vec<String> {
     const MAM: &str = "urn:xmpp:mam:2";
     const RSM: &str = "http://jabber.org/protocol/rsm";
+    // After a restart a query waits until the index has caught up with the journal; with a
+    // compiler running beside the suite on 2 cores one page took over EVENT_TIMEOUT. What this
+    // checks is completeness, not speed.
+    const PAGE_TIMEOUT: Duration = Duration::from_secs(30);
     let mut bodies = Vec::new();
     let mut after: Option<String> = None;
     for page in 0.. {
@@ -313,7 +317,7 @@ async fn mam_bodies(client: &mut Client) -> Vec<String> {
             payload: query,
         };
         client.send_stanza(iq.into()).await.expect("the query is sent");
-        let fin = tokio::time::timeout(EVENT_TIMEOUT, async {
+        let fin = tokio::time::timeout(PAGE_TIMEOUT, async {
             while let Some(event) = client.next().await {
                 let Event::Stanza(stanza) = event else { continue };
                 match stanza {
