@@ -20,6 +20,9 @@ pub const CHECKPOINT_OWNER: &str = "archive.checkpoints";
 pub const TOMBSTONE_OWNER: &str = "archive.tombstones";
 /// `Space::Meta` owner of the legal holds, keyed by bare JID.
 pub const HOLD_OWNER: &str = "archive.holds";
+/// `Space::Meta` key (owner [`META_OWNER`]) that every change of a legal hold rewrites: a purge
+/// commits each chunk only if it is unchanged since the purge read the holds.
+pub const HOLDS_VERSION_KEY: &str = "holds-version";
 /// `Space::Meta` owner of the access log index, keyed by sequence number.
 pub const ACCESS_OWNER: &str = "archive.access";
 

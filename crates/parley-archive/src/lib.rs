@@ -51,8 +51,8 @@ pub use stage::{ArchiveStage, NS_SID, strip_local_stanza_ids};
 pub use verify::{Tamper, VerifyReport};
 
 use entry::{
-    ACCESS_OWNER, AccessRecord, CHAIN_OWNER, Entry, HOLD_OWNER, HoldRecord, PurgeDigest, PurgeRecord,
-    TOMBSTONE_OWNER, Tombstone, hash_bytes, parse_seq_key, seq_key,
+    ACCESS_OWNER, AccessRecord, CHAIN_OWNER, Entry, HOLD_OWNER, HOLDS_VERSION_KEY, HoldRecord, META_OWNER,
+    PurgeDigest, PurgeRecord, TOMBSTONE_OWNER, Tombstone, hash_bytes, parse_seq_key, seq_key,
 };
 use scan::BlockScan;
 use search::Matcher;
@@ -73,6 +73,8 @@ pub enum ArchiveError {
     Directory(String),
     #[error("invalid request: {0}")]
     Invalid(String),
+    #[error("legal holds kept changing while the purge ran; run it again")]
+    HoldsChanged,
     #[error("export I/O failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -423,12 +425,18 @@ impl ComplianceArchive {
         };
         let stored = serde_json::to_vec(&hold).unwrap_or_default();
         let key = user.clone();
-        let extra: chain::ExtraWrites = Box::new(move |_, batch: &mut WriteBatch| {
+        let extra: chain::ExtraWrites = Box::new(move |seq, batch: &mut WriteBatch| {
             if held {
                 batch.put(Space::Meta, HOLD_OWNER, key, stored);
             } else {
                 batch.delete(Space::Meta, HOLD_OWNER, key);
             }
+            batch.put(
+                Space::Meta,
+                META_OWNER,
+                HOLDS_VERSION_KEY,
+                seq_key(seq).into_bytes(),
+            );
         });
         let record = HoldRecord {
             actor: actor.to_owned(),
@@ -492,16 +500,40 @@ impl ComplianceArchive {
     /// Deletes every message whose retention has expired, except those of users on legal hold,
     /// and the expired MAM copies of users not on hold. Each chunk of deletions is one purge
     /// entry in the chain, committed atomically with its tombstones; the run is logged.
+    ///
+    /// A legal hold set while a purge runs takes effect at once: each chunk commits only if no
+    /// hold changed since the purge read them, and the purge starts over with the new holds if
+    /// one did (the chunks committed before the hold stay purged; the chain shows the order).
     pub async fn purge(&self, actor: &str, dry_run: bool) -> Result<PurgeReport, ArchiveError> {
+        /// Starts over at most this often before giving up (holds changing without pause).
+        const ATTEMPTS: usize = 5;
         let _one_at_a_time = self.purge_lock.lock().await;
-        let now = self.clock.now_micros();
         let mut report = PurgeReport {
             dry_run,
             ..PurgeReport::default()
         };
+        for _ in 0..ATTEMPTS {
+            match self.purge_pass(actor, dry_run, &mut report).await {
+                Err(ArchiveError::HoldsChanged) => report.kept_on_hold = 0,
+                outcome => return outcome.map(|()| report),
+            }
+        }
+        Err(ArchiveError::HoldsChanged)
+    }
+
+    async fn purge_pass(
+        &self,
+        actor: &str,
+        dry_run: bool,
+        report: &mut PurgeReport,
+    ) -> Result<(), ArchiveError> {
+        let now = self.clock.now_micros();
         let Some(shortest) = self.options.retention.shortest() else {
-            return Ok(report);
+            return Ok(());
         };
+        // The version first: a hold committed between the two reads fails the first chunk
+        // (harmlessly) instead of slipping past it.
+        let holds_version = self.kv.get(Space::Meta, META_OWNER, HOLDS_VERSION_KEY).await?;
         let holds: HashSet<String> = self.holds().await?.into_iter().map(|hold| hold.user).collect();
         let mut retention_cache = HashMap::new();
         let head = self.head().await?;
@@ -537,20 +569,41 @@ impl ComplianceArchive {
                 if entry.ts.saturating_add(retention) > now {
                     continue;
                 }
-                if parties.iter().any(|party| holds.contains(party)) {
+                // A hold covers every message its holder sent or received, whoever the other
+                // party is (an outside contact can be the one under hold).
+                if [&message.from, &message.to]
+                    .into_iter()
+                    .any(|jid| holds.contains(&search::bare_of(jid)))
+                {
                     report.kept_on_hold += 1;
                     continue;
                 }
                 victims.push((seq, hash_bytes(&bytes)));
                 if victims.len() >= PURGE_CHUNK {
-                    self.purge_chunk(actor, &mut victims, dry_run, &mut report, &mut all_deleted)
-                        .await?;
+                    self.purge_chunk(
+                        actor,
+                        &mut victims,
+                        &holds_version,
+                        dry_run,
+                        report,
+                        &mut all_deleted,
+                    )
+                    .await?;
                 }
             }
         }
-        self.purge_chunk(actor, &mut victims, dry_run, &mut report, &mut all_deleted)
-            .await?;
-        report.ranges = entry::to_ranges(&all_deleted);
+        self.purge_chunk(
+            actor,
+            &mut victims,
+            &holds_version,
+            dry_run,
+            report,
+            &mut all_deleted,
+        )
+        .await?;
+        report.ranges.extend(entry::to_ranges(&all_deleted));
+        // The MAM copies go through the index, not the chain: read the holds again right before.
+        let holds: HashSet<String> = self.holds().await?.into_iter().map(|hold| hold.user).collect();
         report.mam_deleted = self.purge_mam(now, &holds, &mut retention_cache, dry_run).await?;
         tracing::info!(
             actor,
@@ -561,13 +614,14 @@ impl ComplianceArchive {
             ranges = ?report.ranges,
             "compliance archive purge"
         );
-        Ok(report)
+        Ok(())
     }
 
     async fn purge_chunk(
         &self,
         actor: &str,
         victims: &mut Vec<(u64, entry::Hash)>,
+        holds_version: &Option<Vec<u8>>,
         dry_run: bool,
         report: &mut PurgeReport,
         all_deleted: &mut Vec<u64>,
@@ -588,7 +642,9 @@ impl ComplianceArchive {
                 count: digest.count,
                 digest: digest.finish(),
             };
+            let holds_version = holds_version.clone();
             let extra: chain::ExtraWrites = Box::new(move |purge_seq, batch: &mut WriteBatch| {
+                batch.expect(Space::Meta, META_OWNER, HOLDS_VERSION_KEY, holds_version);
                 for (seq, hash) in chunk {
                     let key = seq_key(seq);
                     batch.delete(Space::Compliance, CHAIN_OWNER, key.clone());
@@ -600,7 +656,10 @@ impl ComplianceArchive {
                     );
                 }
             });
-            let appended = self.chain.send(Body::Purge(record), Some(extra), true).await?;
+            let appended = match self.chain.send(Body::Purge(record), Some(extra), true).await {
+                Err(ArchiveError::Storage(StorageError::Conflict)) => return Err(ArchiveError::HoldsChanged),
+                other => other?,
+            };
             report.purge_entries.push(appended.seq);
         }
         report.deleted += seqs.len() as u64;

@@ -563,6 +563,81 @@ async fn purge_deletes_exactly_what_expired_except_holds() {
 }
 
 #[tokio::test]
+async fn a_hold_on_an_outside_contact_keeps_their_messages() {
+    let fixture = fixture_with(Arc::new(MemoryStore::new()), retention_options(), true).await;
+    record(
+        &fixture,
+        "alice@example.com/a",
+        "partner@other.org",
+        "to the partner",
+    )
+    .await; // 1
+    record(
+        &fixture,
+        "alice@example.com/a",
+        "zed@other.org",
+        "to someone else",
+    )
+    .await; // 2
+    fixture
+        .archive
+        .set_hold("officer", "partner@other.org", "subpoena")
+        .await
+        .unwrap();
+    fixture.clock.set(T0 + 40 * DAY);
+    let report = fixture.archive.purge("test", false).await.unwrap();
+    assert_eq!((report.deleted, report.kept_on_hold), (1, 1), "{report:?}");
+    assert!(chain_entry(fixture.store.as_ref(), 1).await.is_some(), "held");
+    assert!(chain_entry(fixture.store.as_ref(), 2).await.is_none(), "not held");
+}
+
+#[tokio::test]
+async fn a_purge_chunk_is_refused_once_a_hold_changed_since_the_purge_read_them() {
+    let fixture = fixture_with(Arc::new(MemoryStore::new()), retention_options(), true).await;
+    record(&fixture, "alice@example.com/a", "bob@example.com", "evidence").await; // 1
+    let entry = fixture
+        .store
+        .get(Space::Compliance, CHAIN_OWNER, &seq_key(1))
+        .await
+        .unwrap()
+        .unwrap();
+    // What a purge read before the hold below: no hold has ever changed.
+    let read_before = fixture
+        .store
+        .get(Space::Meta, META_OWNER, HOLDS_VERSION_KEY)
+        .await
+        .unwrap();
+    fixture
+        .archive
+        .set_hold("officer", "bob@example.com", "set while the purge runs")
+        .await
+        .unwrap();
+    fixture.clock.set(T0 + 40 * DAY);
+    let mut victims = vec![(1, hash_bytes(&entry))];
+    let mut report = PurgeReport::default();
+    let refused = fixture
+        .archive
+        .purge_chunk(
+            "test",
+            &mut victims,
+            &read_before,
+            false,
+            &mut report,
+            &mut Vec::new(),
+        )
+        .await;
+    assert!(matches!(refused, Err(ArchiveError::HoldsChanged)), "{refused:?}");
+    assert!(
+        chain_entry(fixture.store.as_ref(), 1).await.is_some(),
+        "nothing deleted"
+    );
+    // A whole purge reads the holds afresh and keeps the held message.
+    let report = fixture.archive.purge("test", false).await.unwrap();
+    assert_eq!((report.deleted, report.kept_on_hold), (0, 1), "{report:?}");
+    assert!(fixture.archive.verify().await.unwrap().is_intact());
+}
+
+#[tokio::test]
 async fn holds_are_durable_listed_and_validated() {
     let fixture = fixture().await;
     assert!(
