@@ -398,6 +398,41 @@ async fn removing_a_record_is_found_and_named() {
 }
 
 #[tokio::test]
+async fn cutting_off_the_newest_records_and_rewriting_the_head_is_found() {
+    let (fixture, _dir) = tamper_fixture(10).await;
+    let kv = fixture.store.as_ref();
+    // Entries 8-10 deleted and the head rewritten to entry 7, as a careful tamperer would.
+    let kept = kv
+        .get(Space::Compliance, CHAIN_OWNER, &seq_key(7))
+        .await
+        .unwrap()
+        .unwrap();
+    let kept_ts = Entry::from_bytes(&kept).unwrap().ts;
+    let forged_head = Checkpoint {
+        seq: 7,
+        hash: entry::hash_bytes(&kept),
+        ts: kept_ts,
+        appended: 7,
+    };
+    let mut batch = WriteBatch::new();
+    for seq in 8..=10 {
+        batch.delete(Space::Compliance, CHAIN_OWNER, seq_key(seq));
+    }
+    batch.put(
+        Space::Meta,
+        entry::META_OWNER,
+        entry::HEAD_KEY,
+        forged_head.to_bytes(),
+    );
+    kv.apply(batch).await.unwrap();
+    let report = fixture.archive.verify().await.unwrap();
+    assert!(
+        matches!(report.problem, Some(Tamper::Removed { seq: 8, .. })),
+        "a checkpoint past the forged head gives it away: {report}"
+    );
+}
+
+#[tokio::test]
 async fn inserting_a_record_is_found_and_named() {
     let (fixture, _dir) = tamper_fixture(6).await;
     let kv = fixture.store.as_ref();

@@ -102,7 +102,10 @@ pub(crate) async fn verify(kv: &dyn KeyValue) -> Result<VerifyReport, ArchiveErr
         purged: 0,
         purges: HashMap::new(),
     };
-    let problem = walk.run(kv).await?;
+    let problem = match walk.run(kv).await? {
+        Some(problem) => Some(problem),
+        None => checkpoint_beyond_head(kv, &head).await?,
+    };
     Ok(VerifyReport {
         records: walk.records,
         messages: walk.messages,
@@ -110,6 +113,30 @@ pub(crate) async fn verify(kv: &dyn KeyValue) -> Result<VerifyReport, ArchiveErr
         head,
         problem,
     })
+}
+
+/// The head is stored, not signed: whoever cuts off the newest records can rewrite it to the
+/// last one kept. A checkpoint past the head gives that away (within the head's block and the
+/// next; an outside copy of a recent head is what proves the rest).
+async fn checkpoint_beyond_head(
+    kv: &dyn KeyValue,
+    head: &Checkpoint,
+) -> Result<Option<Tamper>, ArchiveError> {
+    let head_block = head.seq / crate::entry::BLOCK_SIZE;
+    for block in head_block..=head_block.saturating_add(1) {
+        for (key, _) in BlockScan::block_of(kv, Space::Meta, CHECKPOINT_OWNER, block).await? {
+            if let Some(seq) = parse_seq_key(&key).filter(|seq| *seq > head.seq) {
+                return Ok(Some(Tamper::Removed {
+                    seq: head.seq.saturating_add(1),
+                    detail: format!(
+                        "checkpoint {seq} lies beyond the head ({}): the newest records were cut off",
+                        head.seq
+                    ),
+                }));
+            }
+        }
+    }
+    Ok(None)
 }
 
 impl Walk {
