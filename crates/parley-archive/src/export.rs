@@ -177,7 +177,10 @@ impl Exporter {
         let sink = match format {
             ExportFormat::Jsonl => Sink::Jsonl(HashingFile::create(dir, "messages.jsonl")?),
             ExportFormat::Csv => {
-                let mut writer = csv::Writer::from_writer(HashingFile::create(dir, "messages.csv")?);
+                // RFC 4180 §2: records end with CRLF.
+                let mut writer = csv::WriterBuilder::new()
+                    .terminator(csv::Terminator::CRLF)
+                    .from_writer(HashingFile::create(dir, "messages.csv")?);
                 writer.write_record(CSV_HEADER).map_err(std::io::Error::other)?;
                 Sink::Csv(Box::new(writer))
             }
@@ -213,13 +216,13 @@ impl Exporter {
                 .write_record([
                     seq.to_string().as_str(),
                     &rfc3339(ts),
-                    &message.from,
-                    &message.to,
+                    &spreadsheet_safe(&message.from),
+                    &spreadsheet_safe(&message.to),
                     message.message_type.as_deref().unwrap_or("normal"),
-                    message.id.as_deref().unwrap_or(""),
-                    message.thread.as_deref().unwrap_or(""),
-                    message.subject.as_deref().unwrap_or(""),
-                    message.body.as_deref().unwrap_or(""),
+                    &spreadsheet_safe(message.id.as_deref().unwrap_or("")),
+                    &spreadsheet_safe(message.thread.as_deref().unwrap_or("")),
+                    &spreadsheet_safe(message.subject.as_deref().unwrap_or("")),
+                    &spreadsheet_safe(message.body.as_deref().unwrap_or("")),
                 ])
                 .map_err(std::io::Error::other),
             Sink::Eml { dir, sums } => {
@@ -400,9 +403,37 @@ pub(crate) fn eml(seq: u64, ts: i64, message: &MessageRecord, domain: &str, newl
     out
 }
 
+/// A CSV cell a spreadsheet will not run: text starting with `=`, `+`, `-`, `@`, a tab or a
+/// carriage return is a formula to Excel and its kin (CSV injection), so it gets a leading `'`,
+/// which they show as text. The JSON Lines, EML and mbox exports keep every byte as it was.
+fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        std::borrow::Cow::Owned(format!("'{cell}"))
+    } else {
+        std::borrow::Cow::Borrowed(cell)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_cells_that_spreadsheets_would_run_are_quoted_as_text() {
+        for formula in [
+            "=HYPERLINK(\"http://x/\",\"ok\")",
+            "+1",
+            "-2+3",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+        ] {
+            assert_eq!(spreadsheet_safe(formula), format!("'{formula}"));
+        }
+        for text in ["hello", "a=b", "", "1-2", "'quoted"] {
+            assert_eq!(spreadsheet_safe(text), text);
+        }
+    }
 
     fn message(body: &str) -> MessageRecord {
         MessageRecord {

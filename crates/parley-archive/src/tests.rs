@@ -845,6 +845,12 @@ async fn exports_parse_with_real_readers_and_match_their_manifest() {
     assert_eq!(rows.len(), 3);
     assert_eq!(&rows[0][8], "Die Straße ist gesperrt");
     assert_eq!(&rows[2][3], "zed@other.org");
+    let raw = std::fs::read_to_string(csv_dir.join("messages.csv")).unwrap();
+    assert_eq!(
+        raw.matches("\r\n").count(),
+        raw.matches('\n').count(),
+        "RFC 4180: every line ends with CRLF"
+    );
 
     let jsonl_dir = out.path().join("jsonl");
     fixture
