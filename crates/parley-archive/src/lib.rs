@@ -46,7 +46,7 @@ pub use entry::{Body, Checkpoint, MessageRecord};
 pub use export::{ExportFormat, ExportManifest, FileDigest, rfc3339};
 pub use mam::{MamModule, MamOptions, MamPrefs, PrefsDefault, RosterContacts};
 pub use retention::{LegalHold, PurgeReport, RetentionPolicy};
-pub use search::{Hit, SearchFilter, SearchResult, fold};
+pub use search::{Hit, SearchFilter, SearchResult, fold, qualified_user};
 pub use stage::{ArchiveStage, NS_SID, strip_local_stanza_ids};
 pub use verify::{Tamper, VerifyReport};
 

@@ -123,6 +123,15 @@ impl Matcher {
 
 /// The bare JID of a JID string, lowercased (JIDs are compared case-insensitively in practice:
 /// nodeprep/PRECIS lowercase localparts and domains).
+/// A user as compliance officers type one: a bare JID, or a localpart taken to be of `domain`.
+pub fn qualified_user(user: &str, domain: &str) -> String {
+    if user.contains('@') {
+        user.to_owned()
+    } else {
+        format!("{user}@{domain}")
+    }
+}
+
 pub(crate) fn bare_of(jid: &str) -> String {
     jid.split('/').next().unwrap_or("").to_lowercase()
 }

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router as HttpRouter};
 use base64::Engine;
-use parley_archive::{ArchiveError, ComplianceArchive, ExportFormat, SearchFilter};
+use parley_archive::{ArchiveError, ComplianceArchive, ExportFormat, SearchFilter, qualified_user};
 use parley_directory::{AuthOutcome, Directory};
 use parley_proto::{Stanza, StanzaKind};
 use parley_router::{Hook, HookHandler, HookOutcome, Module, Registry, Router};
@@ -352,19 +352,20 @@ fn nonempty(value: &Option<String>) -> Option<&str> {
 }
 
 impl FilterParams {
-    fn filter(&self) -> Result<SearchFilter, ApiError> {
+    /// The filter, with bare localparts taken to be of `domain` (as on the command line).
+    fn filter(&self, domain: &str) -> Result<SearchFilter, ApiError> {
         Ok(SearchFilter {
             participants: nonempty(&self.participants)
                 .map(|list| {
                     list.split(',')
                         .map(str::trim)
                         .filter(|jid| !jid.is_empty())
-                        .map(str::to_owned)
+                        .map(|jid| qualified_user(jid, domain))
                         .collect()
                 })
                 .unwrap_or_default(),
-            from: nonempty(&self.from).map(str::to_owned),
-            to: nonempty(&self.to).map(str::to_owned),
+            from: nonempty(&self.from).map(|jid| qualified_user(jid, domain)),
+            to: nonempty(&self.to).map(|jid| qualified_user(jid, domain)),
             department: nonempty(&self.department).map(str::to_owned),
             start: nonempty(&self.start).map(|t| parse_time(t, false)).transpose()?,
             end: nonempty(&self.end).map(|t| parse_time(t, true)).transpose()?,
@@ -384,7 +385,7 @@ async fn search(
         return Err(ApiError::bad_request("format is for exports"));
     }
     let limit = params.limit.unwrap_or(DEFAULT_SEARCH_HITS).min(MAX_SEARCH_HITS);
-    let filter = params.filter()?;
+    let filter = params.filter(&state.domain)?;
     let result = state.archive.search(&actor, &filter, limit).await?;
     Ok(Json(result).into_response())
 }
@@ -420,7 +421,7 @@ async fn export(
     if params.limit.is_some() {
         return Err(ApiError::bad_request("limit is for searches"));
     }
-    let filter = params.filter()?;
+    let filter = params.filter(&state.domain)?;
     let dir = state.export_root.join(export_dir_name(
         time::OffsetDateTime::now_utc(),
         EXPORT_SEQUENCE.fetch_add(1, Ordering::Relaxed),
@@ -463,15 +464,6 @@ struct HoldParams {
     reason: Option<String>,
 }
 
-/// The held user as a bare JID: a localpart is taken to be of this domain.
-fn hold_user(user: &str, domain: &str) -> String {
-    if user.contains('@') {
-        user.to_owned()
-    } else {
-        format!("{user}@{domain}")
-    }
-}
-
 /// The hold reason from a JSON body `{"reason": ...}` or, without a body, `?reason=`.
 fn hold_reason(body: &[u8], query: HoldParams) -> Result<String, ApiError> {
     let from_body = if body.iter().all(u8::is_ascii_whitespace) {
@@ -497,7 +489,7 @@ async fn change_hold(
     let actor = require_admin(state, headers).await?;
     let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
     let reason = hold_reason(body, query)?;
-    let user = hold_user(user, &state.domain);
+    let user = qualified_user(user, &state.domain);
     let hold = if held {
         state.archive.set_hold(&actor, &user, &reason).await?
     } else {
@@ -592,13 +584,19 @@ mod tests {
     #[test]
     fn filters_split_participants_and_drop_empty_values() {
         let params = FilterParams {
-            participants: Some(" alice@x , ,bob@x".into()),
+            participants: Some(" alice@x , ,bob".into()),
+            from: Some("carol".into()),
             keyword: Some("  ".into()),
             start: Some("1970-01-01".into()),
             ..FilterParams::default()
         };
-        let filter = params.filter().unwrap();
-        assert_eq!(filter.participants, ["alice@x", "bob@x"]);
+        let filter = params.filter("x").unwrap();
+        assert_eq!(
+            filter.participants,
+            ["alice@x", "bob@x"],
+            "a localpart is of this domain"
+        );
+        assert_eq!(filter.from.as_deref(), Some("carol@x"));
         assert_eq!(filter.keyword, None);
         assert_eq!(filter.start, Some(0));
     }
@@ -617,7 +615,5 @@ mod tests {
         let at = time::macros::datetime!(2025-03-04 05:06:07 UTC);
         assert_eq!(export_dir_name(at, 7), "export-20250304T050607Z-7");
         assert_ne!(export_dir_name(at, 7), export_dir_name(at, 8));
-        assert_eq!(hold_user("alice", "example.com"), "alice@example.com");
-        assert_eq!(hold_user("bob@other.org", "example.com"), "bob@other.org");
     }
 }
