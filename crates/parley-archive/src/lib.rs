@@ -351,12 +351,20 @@ impl ComplianceArchive {
         Ok(manifest)
     }
 
-    /// The access log, oldest first, at most `limit` (≤ [`MAX_LISTED`]) entries.
+    /// The newest `limit` (≤ [`MAX_LISTED`]) entries of the access log, newest first: the
+    /// searches and exports an auditor asks about are usually the recent ones.
     pub async fn access_log(&self, limit: usize) -> Result<Vec<AccessLogEntry>, ArchiveError> {
-        let listed = self
-            .kv
-            .scan_prefix(Space::Meta, ACCESS_OWNER, "", limit.min(MAX_LISTED))
-            .await?;
+        let limit = limit.min(MAX_LISTED);
+        let head = self.head().await?;
+        // The index is keyed by sequence number: walk its blocks down from the head's.
+        let mut listed = Vec::new();
+        let mut block = head.seq / entry::BLOCK_SIZE;
+        while listed.len() < limit {
+            let found = BlockScan::block_of(self.kv.as_ref(), Space::Meta, ACCESS_OWNER, block).await?;
+            listed.extend(found.into_iter().rev().take(limit - listed.len()));
+            let Some(below) = block.checked_sub(1) else { break };
+            block = below;
+        }
         let mut entries = Vec::with_capacity(listed.len());
         for (key, bytes) in listed {
             let seq = parse_seq_key(&key)

@@ -812,10 +812,17 @@ async fn search_filters_counts_and_logs_access() {
 
     let log = archive.access_log(100).await.unwrap();
     assert_eq!(log.len(), 4, "{log:?}");
-    assert_eq!(log[0].actor, "officer");
-    assert_eq!(log[0].action, "search");
-    assert_eq!(log[1].count, 2);
-    assert_eq!(log[1].filter["keyword"], "quarterly numbers");
+    assert!(
+        log.windows(2).all(|pair| pair[0].seq > pair[1].seq),
+        "newest first: {log:?}"
+    );
+    let oldest = &log[3];
+    assert_eq!(oldest.actor, "officer");
+    assert_eq!(oldest.action, "search");
+    assert_eq!(log[2].count, 2);
+    assert_eq!(log[2].filter["keyword"], "quarterly numbers");
+    let newest_two = archive.access_log(2).await.unwrap();
+    assert_eq!(newest_two, log[..2], "a limit keeps the newest");
     assert!(archive.verify().await.unwrap().is_intact());
 }
 
@@ -933,7 +940,8 @@ async fn exports_parse_with_real_readers_and_match_their_manifest() {
     let actions: Vec<&str> = log.iter().map(|entry| entry.action.as_str()).collect();
     assert_eq!(
         actions,
-        ["export:csv", "export:jsonl", "export:eml", "export:mbox"]
+        ["export:mbox", "export:eml", "export:jsonl", "export:csv"],
+        "newest first"
     );
 }
 

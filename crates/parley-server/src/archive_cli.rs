@@ -60,7 +60,7 @@ pub enum ArchiveCommand {
         #[command(subcommand)]
         action: HoldCommand,
     },
-    /// List who searched or exported what, oldest first.
+    /// List who searched or exported what, newest first.
     AccessLog {
         /// Most entries listed.
         #[arg(long, default_value_t = 1000)]
