@@ -295,13 +295,46 @@ impl ComplianceArchive {
     }
 
     /// Exports the matching messages into `dir` (created; must be empty), writes
-    /// `manifest.json`, and records the export in the access log.
+    /// `manifest.json`, and records the export in the access log. An export that fails is
+    /// recorded too (`export:<format>:failed`, with the messages written before it failed):
+    /// files may already be out, and who tried is on record either way.
     pub async fn export(
         &self,
         actor: &str,
         filter: &SearchFilter,
         format: ExportFormat,
         dir: &Path,
+    ) -> Result<ExportManifest, ArchiveError> {
+        let mut written = 0;
+        match self.write_export(actor, filter, format, dir, &mut written).await {
+            Ok(manifest) => {
+                self.log_access(
+                    actor,
+                    format!("export:{}", format.name()),
+                    filter,
+                    manifest.messages,
+                )
+                .await?;
+                Ok(manifest)
+            }
+            Err(error) => {
+                let action = format!("export:{}:failed", format.name());
+                if let Err(log_error) = self.log_access(actor, action, filter, written).await {
+                    tracing::error!(%log_error, %error, "a failed export could not be recorded");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// The export's files and manifest; `written` follows the messages written so far.
+    async fn write_export(
+        &self,
+        actor: &str,
+        filter: &SearchFilter,
+        format: ExportFormat,
+        dir: &Path,
+        written: &mut u64,
     ) -> Result<ExportManifest, ArchiveError> {
         let checkpoint = self.head().await?;
         let generated_at = rfc3339(self.clock.now_micros());
@@ -326,6 +359,7 @@ impl ComplianceArchive {
             })
             .await
             .map_err(|error| ArchiveError::Io(std::io::Error::other(error)))??;
+            *written = exporter.messages;
         }
         let messages = exporter.messages;
         let first = exporter.first_ts.map(rfc3339);
@@ -346,8 +380,6 @@ impl ComplianceArchive {
         };
         let manifest_bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
         tokio::fs::write(dir.join("manifest.json"), manifest_bytes).await?;
-        self.log_access(actor, format!("export:{}", format.name()), filter, messages)
-            .await?;
         Ok(manifest)
     }
 

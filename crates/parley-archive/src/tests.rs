@@ -945,6 +945,23 @@ async fn exports_parse_with_real_readers_and_match_their_manifest() {
     );
 }
 
+#[tokio::test]
+async fn a_failed_export_is_on_record_too() {
+    let fixture = search_fixture().await;
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(out.path().join("already-here"), b"x").unwrap();
+    let everything = SearchFilter::default();
+    let failed = fixture
+        .archive
+        .export("officer", &everything, ExportFormat::Csv, out.path())
+        .await;
+    assert!(matches!(failed, Err(ArchiveError::Io(_))), "{failed:?}");
+    let log = fixture.archive.access_log(1).await.unwrap();
+    assert_eq!(log[0].action, "export:csv:failed");
+    assert_eq!((log[0].actor.as_str(), log[0].count), ("officer", 0));
+    assert!(fixture.archive.verify().await.unwrap().is_intact());
+}
+
 /// The chain entry and its MAM copies are one commit: when the chain's commit fails (here the
 /// head moved under it), no copy is stored either, and the message is refused.
 #[tokio::test]
