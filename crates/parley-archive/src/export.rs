@@ -308,11 +308,15 @@ fn mbox_sender(bare: &str) -> String {
     }
 }
 
+/// Printable ASCII of a length that fits a header line.
+fn is_plain(value: &str) -> bool {
+    value.len() <= 900 && value.bytes().all(|byte| (0x20..0x7f).contains(&byte))
+}
+
 /// A header value safe to write: printable ASCII as is, anything else (non-ASCII, control
 /// characters that could inject headers, very long values) as RFC 2047 encoded words.
 fn header_value(value: &str, newline: &str) -> String {
-    let plain = value.len() <= 900 && value.bytes().all(|byte| (0x20..0x7f).contains(&byte));
-    if plain {
+    if is_plain(value) {
         return value.to_owned();
     }
     let mut words = Vec::new();
@@ -338,7 +342,9 @@ fn header_value(value: &str, newline: &str) -> String {
         .join(&format!("{newline} "))
 }
 
-/// An address header: the bare JID as the address when it looks like one, else encoded text.
+/// An address header: the bare JID as the address when it looks like one. Otherwise the JID is
+/// the display name of a placeholder address: a quoted string (RFC 5322 §3.2.4) when it is plain
+/// ASCII, so that specials such as `,` cannot split it into two addresses, else encoded words.
 fn address(jid: &str, newline: &str) -> String {
     let bare = crate::search::bare_of(jid);
     let safe = bare.contains('@')
@@ -346,7 +352,11 @@ fn address(jid: &str, newline: &str) -> String {
             .chars()
             .all(|c| !c.is_control() && !c.is_whitespace() && !"<>()[],;:\\\"".contains(c));
     if safe {
-        format!("<{bare}>")
+        return format!("<{bare}>");
+    }
+    if is_plain(&bare) {
+        let quoted = bare.replace('\\', "\\\\").replace('"', "\\\"");
+        format!("\"{quoted}\" <unknown@invalid>")
     } else {
         format!("{} <unknown@invalid>", header_value(&bare, newline))
     }
@@ -445,6 +455,27 @@ mod tests {
             subject: Some("Grüße aus Köln".into()),
             body: Some(body.into()),
             stanza: "<message/>".into(),
+        }
+    }
+
+    #[test]
+    fn a_jid_with_address_specials_stays_one_address() {
+        for jid in [
+            "a,b@example.com/r",
+            "\"quoted\\\"@example.com",
+            "=?x?=,evil@example.com",
+        ] {
+            let mut record = message("hi");
+            record.from = jid.to_owned();
+            let text = eml(1, 1_751_364_000_000_000, &record, "example.com", "\r\n");
+            let parsed = mail_parser::MessageParser::default()
+                .parse(text.as_bytes())
+                .unwrap();
+            let from = parsed.from().expect("a From header");
+            assert_eq!(from.iter().count(), 1, "{jid}: {text}");
+            let only = from.first().unwrap();
+            assert_eq!(only.address(), Some("unknown@invalid"), "{jid}");
+            assert_eq!(only.name(), Some(crate::search::bare_of(jid).as_str()), "{jid}");
         }
     }
 
