@@ -81,6 +81,18 @@ pub enum ArchiveError {
 
 /// Most purged entries in one purge entry (two writes each in one batch).
 const PURGE_CHUNK: usize = 10_000;
+/// What one purge pass carries from chunk to chunk.
+struct PurgePass<'a> {
+    actor: &'a str,
+    dry_run: bool,
+    /// The holds version read before the holds: a chunk commits only while it is unchanged.
+    holds_version: Option<Vec<u8>>,
+    /// Expired entries waiting for the next chunk, with their hashes for the tombstones.
+    victims: Vec<(u64, entry::Hash)>,
+    /// Every sequence number the pass deleted (or would, in a dry run).
+    deleted: Vec<u64>,
+}
+
 /// Most holds or access log entries listed at once.
 pub const MAX_LISTED: usize = 10_000;
 /// Longest legal hold reason, in bytes.
@@ -488,6 +500,11 @@ impl ComplianceArchive {
         Ok(hold)
     }
 
+    /// The bare JIDs on legal hold.
+    async fn held_users(&self) -> Result<HashSet<String>, ArchiveError> {
+        Ok(self.holds().await?.into_iter().map(|hold| hold.user).collect())
+    }
+
     /// Users on legal hold.
     pub async fn holds(&self) -> Result<Vec<LegalHold>, ArchiveError> {
         let listed = self
@@ -574,11 +591,16 @@ impl ComplianceArchive {
         // The version first: a hold committed between the two reads fails the first chunk
         // (harmlessly) instead of slipping past it.
         let holds_version = self.kv.get(Space::Meta, META_OWNER, HOLDS_VERSION_KEY).await?;
-        let holds: HashSet<String> = self.holds().await?.into_iter().map(|hold| hold.user).collect();
+        let holds = self.held_users().await?;
         let mut retention_cache = HashMap::new();
         let head = self.head().await?;
-        let mut victims: Vec<(u64, entry::Hash)> = Vec::new();
-        let mut all_deleted: Vec<u64> = Vec::new();
+        let mut pass = PurgePass {
+            actor,
+            dry_run,
+            holds_version,
+            victims: Vec::new(),
+            deleted: Vec::new(),
+        };
         let mut blocks = BlockScan::chain(self.kv.as_ref(), 0, head.seq);
         'scan: while let Some(records) = blocks.next().await? {
             for (key, bytes) in records {
@@ -618,32 +640,16 @@ impl ComplianceArchive {
                     report.kept_on_hold += 1;
                     continue;
                 }
-                victims.push((seq, hash_bytes(&bytes)));
-                if victims.len() >= PURGE_CHUNK {
-                    self.purge_chunk(
-                        actor,
-                        &mut victims,
-                        &holds_version,
-                        dry_run,
-                        report,
-                        &mut all_deleted,
-                    )
-                    .await?;
+                pass.victims.push((seq, hash_bytes(&bytes)));
+                if pass.victims.len() >= PURGE_CHUNK {
+                    self.purge_chunk(&mut pass, report).await?;
                 }
             }
         }
-        self.purge_chunk(
-            actor,
-            &mut victims,
-            &holds_version,
-            dry_run,
-            report,
-            &mut all_deleted,
-        )
-        .await?;
-        report.ranges.extend(entry::to_ranges(&all_deleted));
+        self.purge_chunk(&mut pass, report).await?;
+        report.ranges.extend(entry::to_ranges(&pass.deleted));
         // The MAM copies go through the index, not the chain: read the holds again right before.
-        let holds: HashSet<String> = self.holds().await?.into_iter().map(|hold| hold.user).collect();
+        let holds = self.held_users().await?;
         report.mam_deleted = self.purge_mam(now, &holds, &mut retention_cache, dry_run).await?;
         tracing::info!(
             actor,
@@ -657,32 +663,29 @@ impl ComplianceArchive {
         Ok(())
     }
 
+    /// Deletes the pass's pending victims as one purge entry (unless a dry run).
     async fn purge_chunk(
         &self,
-        actor: &str,
-        victims: &mut Vec<(u64, entry::Hash)>,
-        holds_version: &Option<Vec<u8>>,
-        dry_run: bool,
+        pass: &mut PurgePass<'_>,
         report: &mut PurgeReport,
-        all_deleted: &mut Vec<u64>,
     ) -> Result<(), ArchiveError> {
-        if victims.is_empty() {
+        if pass.victims.is_empty() {
             return Ok(());
         }
-        let chunk = std::mem::take(victims);
+        let chunk = std::mem::take(&mut pass.victims);
         let seqs: Vec<u64> = chunk.iter().map(|(seq, _)| *seq).collect();
-        if !dry_run {
+        if !pass.dry_run {
             let mut digest = PurgeDigest::default();
             for (seq, hash) in &chunk {
                 digest.add(*seq, hash);
             }
             let record = PurgeRecord {
-                actor: actor.to_owned(),
+                actor: pass.actor.to_owned(),
                 ranges: entry::to_ranges(&seqs),
                 count: digest.count,
                 digest: digest.finish(),
             };
-            let holds_version = holds_version.clone();
+            let holds_version = pass.holds_version.clone();
             let extra: chain::ExtraWrites = Box::new(move |purge_seq, batch: &mut WriteBatch| {
                 batch.expect(Space::Meta, META_OWNER, HOLDS_VERSION_KEY, holds_version);
                 for (seq, hash) in chunk {
@@ -703,7 +706,7 @@ impl ComplianceArchive {
             report.purge_entries.push(appended.seq);
         }
         report.deleted += seqs.len() as u64;
-        all_deleted.extend(seqs);
+        pass.deleted.extend(seqs);
         Ok(())
     }
 

@@ -330,16 +330,6 @@ impl MamQuery {
         .chain(self.ids.iter().copied())
     }
 
-    /// Whether `record` is in the result set the filters describe (for records fetched by id).
-    fn matches(&self, record: &ArchiveRecord) -> bool {
-        let at = record.timestamp_micros;
-        self.with.as_ref().is_none_or(|with| *with == record.with)
-            && self.start.is_none_or(|start| at >= start)
-            && self.end.is_none_or(|end| at <= end)
-            && self.after_id.is_none_or(|after| record.id > after)
-            && self.before_id.is_none_or(|before| record.id < before)
-    }
-
     /// The RSM window over records fetched by id (ascending), and whether it holds all of them.
     fn window_over(&self, mut records: Vec<ArchiveRecord>) -> (Vec<ArchiveRecord>, bool) {
         records.retain(|record| {
@@ -879,7 +869,7 @@ impl Inner {
             // XEP-0313 §4.1.3: the named messages, as far as the other filters keep them.
             by_id.sort_by_key(|record| record.id);
             by_id.dedup_by_key(|record| record.id);
-            by_id.retain(|record| request.matches(record) && visibility.shows(&record.with));
+            by_id.retain(|record| result_set.matches(record) && visibility.shows(&record.with));
             let count = by_id.len() as u64;
             let (records, complete) = request.window_over(by_id);
             (Page { records, complete }, Some(count))

@@ -648,19 +648,15 @@ async fn a_purge_chunk_is_refused_once_a_hold_changed_since_the_purge_read_them(
         .await
         .unwrap();
     fixture.clock.set(T0 + 40 * DAY);
-    let mut victims = vec![(1, hash_bytes(&entry))];
+    let mut pass = PurgePass {
+        actor: "test",
+        dry_run: false,
+        holds_version: read_before,
+        victims: vec![(1, hash_bytes(&entry))],
+        deleted: Vec::new(),
+    };
     let mut report = PurgeReport::default();
-    let refused = fixture
-        .archive
-        .purge_chunk(
-            "test",
-            &mut victims,
-            &read_before,
-            false,
-            &mut report,
-            &mut Vec::new(),
-        )
-        .await;
+    let refused = fixture.archive.purge_chunk(&mut pass, &mut report).await;
     assert!(matches!(refused, Err(ArchiveError::HoldsChanged)), "{refused:?}");
     assert!(
         chain_entry(fixture.store.as_ref(), 1).await.is_some(),

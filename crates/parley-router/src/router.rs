@@ -257,7 +257,8 @@ impl Router {
                         .bounce(&stanza, error(StanzaErrorCondition::InternalServerError))
                         .await;
                 }
-                self.route_message(stanza).await
+                // The stage changes no address, so what it was told still holds for routing.
+                self.route_message(stanza, addressee).await
             }
             StanzaKind::Presence => self.submit_presence(stanza).await,
         }
@@ -267,7 +268,10 @@ impl Router {
     /// It skips the client hooks and the compliance stage, which saw its cause already.
     pub async fn route(&self, stanza: Stanza) {
         match stanza.kind() {
-            StanzaKind::Message => self.route_message(stanza).await,
+            StanzaKind::Message => {
+                let addressee = self.addressee(&stanza).await;
+                self.route_message(stanza, addressee).await
+            }
             StanzaKind::Presence => self.route_presence(stanza).await,
             StanzaKind::Iq => {
                 if let Some(Ok(full)) = stanza.to().cloned().map(Jid::try_into_full) {
@@ -361,7 +365,9 @@ impl Router {
         self.route(reply).await;
     }
 
-    async fn route_message(&self, mut stanza: Stanza) {
+    /// Routes a message whose addressee [`Router::addressee`] has looked up already (one
+    /// directory lookup per message to someone offline, not two).
+    async fn route_message(&self, mut stanza: Stanza, addressee: Addressee) {
         let Some(to) = stanza.to().cloned() else { return };
         let is_error = stanza.is_error();
         if !self.is_local(&to) {
@@ -376,7 +382,7 @@ impl Router {
                 .await;
         }
         let account = to.to_bare();
-        if self.addressee(&stanza).await == Addressee::Other {
+        if addressee == Addressee::Other {
             return self
                 .bounce(&stanza, error(StanzaErrorCondition::ServiceUnavailable))
                 .await;
