@@ -15,7 +15,10 @@
 //! the store promises read-your-writes (a query that starts after the answer sees the records;
 //! see `parley_storage::Archive`), so indexing stays off every message's latency path.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use parley_storage::{ArchiveAppend, KeyValue, MAX_VALUE_LEN, Space, StorageError, Store, WriteBatch};
 use tokio::sync::{mpsc, oneshot};
@@ -127,6 +130,17 @@ impl ChainWriter {
         self.request(body, None, appends, false).await
     }
 
+    /// [`ChainWriter::append_with_references`] in two steps: returns once the entry is queued
+    /// (entries queued one after the other get increasing sequence numbers), with what resolves
+    /// once it is durable.
+    pub async fn queue_with_references(
+        &self,
+        body: Body,
+        appends: Vec<ArchiveAppend>,
+    ) -> Result<Queued, ArchiveError> {
+        self.enqueue(body, None, appends, false).await
+    }
+
     pub(crate) async fn send(
         &self,
         body: Body,
@@ -143,6 +157,16 @@ impl ChainWriter {
         appends: Vec<ArchiveAppend>,
         alone: bool,
     ) -> Reply {
+        self.enqueue(body, extra, appends, alone).await?.await
+    }
+
+    async fn enqueue(
+        &self,
+        body: Body,
+        extra: Option<ExtraWrites>,
+        appends: Vec<ArchiveAppend>,
+        alone: bool,
+    ) -> Result<Queued, ArchiveError> {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             body,
@@ -155,7 +179,22 @@ impl ChainWriter {
             .send(request)
             .await
             .map_err(|_| ArchiveError::Closed)?;
-        answer.await.map_err(|_| ArchiveError::Closed)?
+        Ok(Queued(answer))
+    }
+}
+
+/// An entry in the chain's queue: resolves once it is durable, with the archive ids of the
+/// records that rode along with it.
+#[derive(Debug)]
+pub struct Queued(oneshot::Receiver<Reply>);
+
+impl Future for Queued {
+    type Output = Reply;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|answer| answer.unwrap_or(Err(ArchiveError::Closed)))
     }
 }
 

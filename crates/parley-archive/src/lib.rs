@@ -40,7 +40,7 @@ use parley_directory::Directory;
 use parley_proto::BareJid;
 use parley_storage::{Archive, ArchiveQuery, KeyValue, Space, StorageError, Store, WriteBatch};
 
-pub use chain::{Appended, ChainWriter, CheckpointPolicy, MAX_BATCH_ENTRIES};
+pub use chain::{Appended, ChainWriter, CheckpointPolicy, MAX_BATCH_ENTRIES, Queued};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use entry::{Body, Checkpoint, MessageRecord};
 pub use export::{ExportFormat, ExportManifest, FileDigest, rfc3339};

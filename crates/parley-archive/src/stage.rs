@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use minidom::Node;
 use parley_proto::{BareJid, Element, Jid, Stanza};
-use parley_router::{Addressee, ComplianceError, ComplianceStage};
+use parley_router::{Addressee, ComplianceError, ComplianceStage, Recording};
 use parley_storage::{ArchiveAppend, NewRecord, Space};
 
 use crate::chain::ChainWriter;
@@ -57,15 +57,23 @@ impl ArchiveStage {
 #[async_trait]
 impl ComplianceStage for ArchiveStage {
     async fn record(&self, stanza: &mut Stanza, addressee: Addressee) -> Result<(), ComplianceError> {
+        let recording = self.queue(stanza, addressee).await?;
+        for child in recording.await? {
+            stanza.element_mut().append_child(child);
+        }
+        Ok(())
+    }
+
+    async fn queue(&self, stanza: &mut Stanza, addressee: Addressee) -> Result<Recording, ComplianceError> {
         strip_local_stanza_ids(stanza.element_mut(), &self.domain);
         let record = message_record(stanza);
         // Each party's bare JID once: it names the copy's owner and is the other copy's `with`.
         let from_bare = stanza.from().map(Jid::to_bare);
         let to_bare = stanza.to().map(Jid::to_bare);
-        let sender = from_bare.as_ref().filter(|bare| self.is_local_account(bare));
-        let to_self = sender.is_some() && to_bare.as_ref() == sender;
+        let sender = from_bare.filter(|bare| self.is_local_account(bare));
+        let to_self = sender.is_some() && to_bare == sender;
         let recipient = to_bare
-            .as_ref()
+            .clone()
             .filter(|bare| addressee == Addressee::LocalAccount && self.is_local_account(bare) && !to_self);
         let ts = self.clock.now_micros();
         // The copies' payloads become references to the chain entry, which holds the stanza.
@@ -79,32 +87,37 @@ impl ComplianceStage for ArchiveStage {
             },
         };
         let mut copies = Vec::with_capacity(2);
-        if let Some(sender) = sender {
+        if let Some(sender) = &sender {
             copies.push(copy(sender, to_bare.as_ref()));
         }
-        if let Some(recipient) = recipient {
-            copies.push(copy(recipient, from_bare.as_ref()));
+        if let Some(recipient) = &recipient {
+            copies.push(copy(recipient, stanza.from().map(Jid::to_bare).as_ref()));
         }
-        let (_, ids) = self
+        let queued = self
             .chain
-            .append_with_references(Body::Message(record), copies)
+            .queue_with_references(Body::Message(record), copies)
             .await
             .map_err(|error| ComplianceError(error.to_string()))?;
-        // XEP-0359 §3.1: the id of the copy in the receiving archive. The recipient's copy is the
-        // last one; a message to oneself has one copy, in the sender's (= receiver's) archive.
-        let stamped = match (recipient, sender) {
-            (Some(recipient), _) => ids.last().map(|id| (recipient, *id)),
-            (None, Some(sender)) if to_self => ids.first().map(|id| (sender, *id)),
-            _ => None,
-        };
-        if let Some((archive, id)) = stamped {
-            let stamp = Element::builder("stanza-id", NS_SID)
-                .attr(parley_proto::stanza::attr_name("id"), id.to_string())
-                .attr(parley_proto::stanza::attr_name("by"), archive.as_str())
-                .build();
-            stanza.element_mut().append_child(stamp);
-        }
-        Ok(())
+        Ok(Box::pin(async move {
+            let (_, ids) = queued.await.map_err(|error| ComplianceError(error.to_string()))?;
+            // XEP-0359 §3.1: the id of the copy in the receiving archive. The recipient's copy
+            // is the last one; a message to oneself has one copy, in the sender's (= receiver's)
+            // archive.
+            let stamped = match (recipient, sender) {
+                (Some(recipient), _) => ids.last().map(|id| (recipient, *id)),
+                (None, Some(sender)) if to_self => ids.first().map(|id| (sender, *id)),
+                _ => None,
+            };
+            Ok(stamped
+                .map(|(archive, id)| {
+                    Element::builder("stanza-id", NS_SID)
+                        .attr(parley_proto::stanza::attr_name("id"), id.to_string())
+                        .attr(parley_proto::stanza::attr_name("by"), archive.as_str())
+                        .build()
+                })
+                .into_iter()
+                .collect())
+        }))
     }
 }
 

@@ -17,9 +17,13 @@ use parley_proto::{
     BareJid, Element, FullJid, Jid, Stanza, StanzaError, StanzaErrorCondition, StreamError,
     StreamErrorCondition as Cond, ns, writer,
 };
-use parley_router::{BindError, Outbound, Router, SessionControl, SessionId};
+use parley_router::{BindError, Delivering, Outbound, Router, SessionControl, SessionId};
+use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -387,6 +391,7 @@ async fn authenticate_and_run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static
         id,
         queue: queue.1,
         control,
+        delivering: VecDeque::new(),
     };
     // The boxed future is `run` itself, so the session's state exists once.
     let session = bound.run();
@@ -545,10 +550,18 @@ struct Bound<S> {
     id: SessionId,
     queue: mpsc::Receiver<Outbound>,
     control: Arc<SessionControl>,
+    /// The client's messages accepted in order and not yet routed (their compliance records
+    /// are on their way to disk), oldest first: they are routed in this order.
+    delivering: VecDeque<Delivering>,
 }
 
 /// Most stanzas written in one go before the socket is flushed.
 const WRITE_BATCH: usize = 64;
+
+/// Most of a client's messages waiting for their compliance record at once. One durable commit
+/// can then carry several of one sender's messages; at the limit the session stops reading until
+/// the oldest is routed, which is the sender's backpressure.
+const MAX_DELIVERING: usize = 32;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
     /// The session loop; the resource is unbound when it ends, however it ends, and BEFORE the
@@ -557,6 +570,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
     /// write it (RFC 6121 §8.5.2.2.1: store it offline or answer with an error, never drop it).
     async fn run(mut self) -> Result<(), ConnError> {
         let ending = self.serve().await;
+        // Accepted messages are routed whatever ended the session.
+        self.finish_delivering().await;
         self.ctx.router.unbind(&self.jid, self.id).await;
         self.route_unwritten().await;
         match ending {
@@ -614,7 +629,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
                         return Err(e.into());
                     }
                 }
-                event = self.conn.next_event() => {
+                () = oldest_delivered(&mut self.delivering), if !self.delivering.is_empty() => {
+                    self.delivering.pop_front();
+                }
+                event = self.conn.next_event(), if self.delivering.len() < MAX_DELIVERING => {
                     if self.conn.take_activity() {
                         idle.as_mut().reset(Instant::now() + ping_idle_after);
                         ping_outstanding = false;
@@ -669,6 +687,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
                 Ok(None)
             }
             Err(error) => Ok(Some(error)),
+        }
+    }
+
+    /// Routes every accepted message still waiting for its record, oldest first.
+    async fn finish_delivering(&mut self) {
+        while let Some(delivering) = self.delivering.pop_front() {
+            delivering.await;
         }
     }
 
@@ -739,9 +764,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
             }
             Err((EnvelopeError::NotAStanza(_), element)) => return Err(unexpected(&element, false)),
         };
+        if stanza.kind() != parley_proto::StanzaKind::Message {
+            // RFC 6120 §10.1, in-order processing: what follows a message waits until the
+            // message is routed. Messages among themselves stay in order in `delivering`.
+            self.finish_delivering().await;
+        }
         // Boxed: routing's state is large and lives only while a stanza is routed; inline, it
         // would be part of every idle session's memory.
-        Box::pin(self.ctx.router.submit(stanza.with_from(self.jid.clone()))).await;
+        if let Some(delivering) = Box::pin(self.ctx.router.accept(stanza.with_from(self.jid.clone()))).await {
+            self.delivering.push_back(delivering);
+        }
         Ok(())
     }
+}
+
+/// Resolves when the oldest accepted message has been routed (never when there is none).
+async fn oldest_delivered(delivering: &mut VecDeque<Delivering>) {
+    std::future::poll_fn(|cx| match delivering.front_mut() {
+        Some(oldest) => Pin::new(oldest).poll(cx),
+        None => Poll::Pending,
+    })
+    .await
 }

@@ -1,7 +1,10 @@
 //! The fixed compliance stage: every message the router accepts passes it before delivery.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use async_trait::async_trait;
-use parley_proto::Stanza;
+use parley_proto::{Element, Stanza};
 
 #[derive(Debug, thiserror::Error)]
 #[error("the compliance record could not be written: {0}")]
@@ -26,7 +29,20 @@ pub enum Addressee {
 #[async_trait]
 pub trait ComplianceStage: Send + Sync + 'static {
     async fn record(&self, stanza: &mut Stanza, addressee: Addressee) -> Result<(), ComplianceError>;
+
+    /// The same in two steps, so one sender's messages can share a durable commit: `queue`
+    /// returns once the record's place in the stage's order is fixed (records queued one after
+    /// the other are recorded in that order), and the [`Recording`] resolves once it is durable,
+    /// with the children to add to the stanza (what `record` would have added). The default
+    /// records at once and adds nothing later.
+    async fn queue(&self, stanza: &mut Stanza, addressee: Addressee) -> Result<Recording, ComplianceError> {
+        self.record(stanza, addressee).await?;
+        Ok(Box::pin(std::future::ready(Ok(Vec::new()))))
+    }
 }
+
+/// A queued record on its way to durability; see [`ComplianceStage::queue`].
+pub type Recording = Pin<Box<dyn Future<Output = Result<Vec<Element>, ComplianceError>> + Send>>;
 
 /// The stage used until a compliance archive is configured: it records nothing and says so in
 /// the log at start-up.

@@ -15,12 +15,12 @@ mod module;
 mod router;
 mod sessions;
 
-pub use compliance::{Addressee, ComplianceError, ComplianceStage, Unarchived};
+pub use compliance::{Addressee, ComplianceError, ComplianceStage, Recording, Unarchived};
 pub use module::{
     Event, EventHandler, Hook, HookHandler, HookOutcome, IqContext, IqHandler, IqResult, IqRoute, Module,
     Registry, RegistryError, Scope,
 };
-pub use router::{Accounts, Router, RouterBuilder};
+pub use router::{Accounts, Delivering, Router, RouterBuilder};
 pub use sessions::{
     BindError, Outbound, PresenceState, ResourceInfo, SessionControl, SessionId, SessionTable,
 };

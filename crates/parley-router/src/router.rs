@@ -11,7 +11,10 @@ use async_trait::async_trait;
 use parley_proto::{
     BareJid, Element, FullJid, Jid, Stanza, StanzaError, StanzaErrorCondition, StanzaKind, ns,
 };
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 
 /// Whether a local account exists; the server answers it from the directory.
@@ -67,6 +70,25 @@ struct Inner {
     compliance: Arc<dyn ComplianceStage>,
     accounts: Arc<dyn Accounts>,
     stream_features: std::sync::OnceLock<Vec<Element>>,
+}
+
+/// The rest of an accepted message's way: its compliance record becoming durable, then its
+/// routing. See [`Router::accept`].
+#[must_use = "the message is only delivered when this is awaited"]
+pub struct Delivering(Pin<Box<dyn Future<Output = ()> + Send>>);
+
+impl Future for Delivering {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl std::fmt::Debug for Delivering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivering").finish_non_exhaustive()
+    }
 }
 
 /// The stanza router. Cheap to clone; every session and module holds one.
@@ -236,10 +258,25 @@ impl Router {
     }
 
     /// A stanza from a local client whose `from` the session has stamped with its full JID.
-    pub async fn submit(&self, mut stanza: Stanza) {
+    pub async fn submit(&self, stanza: Stanza) {
+        if let Some(delivering) = self.accept(stanza).await {
+            delivering.await;
+        }
+    }
+
+    /// [`Router::submit`] in two steps, so a session can read its next message while the last
+    /// one is being recorded: the client hooks run and a message is queued for the compliance
+    /// record before this returns; what is left (waiting for the record to be durable, then
+    /// routing) is the [`Delivering`] returned, `None` when nothing is left. A session keeps
+    /// its stanzas in order by awaiting each `accept` before the next, and each `Delivering`
+    /// before the next (and before any later stanza that is not a message).
+    pub async fn accept(&self, mut stanza: Stanza) -> Option<Delivering> {
         match self.run_hooks(Hook::ClientStanza, &mut stanza).await {
-            HookOutcome::Handled => return,
-            HookOutcome::Reject(error) => return self.bounce(&stanza, error).await,
+            HookOutcome::Handled => return None,
+            HookOutcome::Reject(error) => {
+                self.bounce(&stanza, error).await;
+                return None;
+            }
             HookOutcome::Continue => {}
         }
         match stanza.kind() {
@@ -251,17 +288,33 @@ impl Router {
                     stanza.set_to(own);
                 }
                 let addressee = self.addressee(&stanza).await;
-                if let Err(err) = self.0.compliance.record(&mut stanza, addressee).await {
-                    tracing::error!(error = %err, "message refused: compliance record failed");
-                    return self
-                        .bounce(&stanza, error(StanzaErrorCondition::InternalServerError))
-                        .await;
-                }
-                // The stage changes no address, so what it was told still holds for routing.
-                self.route_message(stanza, addressee).await
+                let recording = self.0.compliance.queue(&mut stanza, addressee).await;
+                let router = self.clone();
+                return Some(Delivering(Box::pin(async move {
+                    match recording {
+                        Ok(recording) => match recording.await {
+                            Ok(children) => {
+                                for child in children {
+                                    stanza.element_mut().append_child(child);
+                                }
+                                // The stage changes no address, so what it was told still holds.
+                                return router.route_message(stanza, addressee).await;
+                            }
+                            Err(err) => router.refuse_unrecorded(&stanza, &err).await,
+                        },
+                        Err(err) => router.refuse_unrecorded(&stanza, &err).await,
+                    }
+                })));
             }
             StanzaKind::Presence => self.submit_presence(stanza).await,
         }
+        None
+    }
+
+    async fn refuse_unrecorded(&self, stanza: &Stanza, err: &crate::ComplianceError) {
+        tracing::error!(error = %err, "message refused: compliance record failed");
+        self.bounce(stanza, error(StanzaErrorCondition::InternalServerError))
+            .await
     }
 
     /// Routes a stanza the server itself produced (replies, pushes, probes, stored messages).

@@ -465,6 +465,83 @@ async fn a_message_the_compliance_stage_cannot_record_is_not_delivered() {
     assert_eq!(stage.0.load(Ordering::SeqCst), 1);
 }
 
+/// Queues records in the order asked and makes each durable only when the test says so.
+#[derive(Default)]
+struct Gated {
+    queued: std::sync::Mutex<Vec<String>>,
+    gates: std::sync::Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
+}
+#[async_trait]
+impl ComplianceStage for Gated {
+    async fn record(&self, _stanza: &mut Stanza, _addressee: Addressee) -> Result<(), ComplianceError> {
+        unreachable!("the router queues records")
+    }
+    async fn queue(&self, stanza: &mut Stanza, _addressee: Addressee) -> Result<Recording, ComplianceError> {
+        let (open, gate) = tokio::sync::oneshot::channel();
+        self.queued
+            .lock()
+            .unwrap()
+            .push(stanza.id().unwrap_or_default().to_owned());
+        self.gates.lock().unwrap().push(open);
+        Ok(Box::pin(async move {
+            gate.await.map_err(|_| ComplianceError("gate dropped".into()))?;
+            Ok(vec![Element::bare("recorded", "urn:example:test")])
+        }))
+    }
+}
+
+#[tokio::test]
+async fn accept_queues_the_record_and_delivers_only_once_it_is_durable() {
+    let stage = Arc::new(Gated::default());
+    let router = Router::builder(
+        BareJid::new("example.org").unwrap(),
+        Arc::new(Known(&["alice", "bob"])),
+    )
+    .compliance(stage.clone())
+    .build()
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let alice = bind(&router, "alice@example.org/a", 8).await;
+    let mut bob = bind(&router, "bob@example.org/b", 8).await;
+    available(&router, &bob, 0).await;
+    let mut delivering = Vec::new();
+    for id in ["m1", "m2"] {
+        let mut stanza = message(&alice.jid, "bob@example.org", "chat");
+        stanza.set_id(Some(id));
+        delivering.push(
+            router
+                .accept(stanza)
+                .await
+                .expect("a message has a delivery left"),
+        );
+    }
+    assert_eq!(
+        *stage.queued.lock().unwrap(),
+        ["m1", "m2"],
+        "both queued, in order"
+    );
+    assert!(
+        bob.next().is_none(),
+        "nothing delivered before its record is durable"
+    );
+    let gates = std::mem::take(&mut *stage.gates.lock().unwrap());
+    for (gate, delivering) in gates.into_iter().zip(delivering) {
+        gate.send(()).unwrap();
+        delivering.await;
+    }
+    for id in ["m1", "m2"] {
+        let got = bob.next().expect("delivered once durable");
+        assert_eq!(got.id(), Some(id));
+        assert!(
+            got.element().get_child("recorded", "urn:example:test").is_some(),
+            "the stage's addition"
+        );
+    }
+    let presence = router
+        .accept(Stanza::new(StanzaKind::Presence).with_from(alice.jid.clone()))
+        .await;
+    assert!(presence.is_none(), "anything but a message is done when accepted");
+}
+
 struct Order(Arc<std::sync::Mutex<Vec<i32>>>, i32, bool);
 #[async_trait]
 impl HookHandler for Order {

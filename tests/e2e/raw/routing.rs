@@ -260,3 +260,41 @@ async fn a_new_resource_sees_the_accounts_other_resources() {
         .unwrap_or_else(|| panic!("no presence from the desk: {received}"));
     assert!(desk_presence.contains("<show>dnd</show>"), "{desk_presence}");
 }
+
+/// The numbers in `<body>N</body>`, in the order they appear.
+fn bodies(xml: &str) -> Vec<usize> {
+    xml.split("<body>")
+        .skip(1)
+        .filter_map(|rest| rest.split("</body>").next()?.parse().ok())
+        .collect()
+}
+
+// RFC 6120 §10.1: a session's stanzas are processed in order, also while its messages wait for
+// their compliance records together. A burst of more messages than a session keeps waiting at
+// once reaches the other party in order, and a request sent after the burst is answered only
+// after every message of it has been routed.
+#[tokio::test]
+async fn a_burst_of_messages_keeps_its_order_and_precedes_a_later_request() {
+    let server = TestServer::start().await;
+    let mut bob = bound(&server, "bob", "phone").await;
+    become_available(&mut bob).await;
+    let mut alice = bound(&server, "alice", "desk").await;
+    become_available(&mut alice).await;
+    const BURST: usize = 100;
+    let mut burst = String::new();
+    for n in 0..BURST {
+        burst.push_str(&format!(
+            "<message to='bob@localhost' type='chat' id='b{n}'><body>{n}</body></message>\
+             <message to='alice@localhost' type='chat' id='s{n}'><body>{n}</body></message>"
+        ));
+    }
+    burst.push_str("<iq type='get' id='after'><ping xmlns='urn:xmpp:ping'/></iq>");
+    alice.send(&burst).await;
+    let to_self = alice.expect("id='after'").await;
+    assert_eq!(bodies(&to_self), (0..BURST).collect::<Vec<_>>());
+    let mut to_bob = String::new();
+    while bodies(&to_bob).len() < BURST {
+        to_bob.push_str(&bob.expect("</message>").await);
+    }
+    assert_eq!(bodies(&to_bob), (0..BURST).collect::<Vec<_>>());
+}
