@@ -102,11 +102,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.flush().await
     }
 
-    /// Sends `<stream:error>` (after a stream header if none went out yet, RFC 6120 §4.9.1.2)
-    /// and closes our side of the stream.
-    pub async fn send_error_and_close(&mut self, error: &StreamError) {
+    /// Sends `<stream:error>` (after a stream header from `domain` if none went out yet, RFC 6120
+    /// §4.9.1.2) and closes our side of the stream.
+    pub async fn send_error_and_close(&mut self, error: &StreamError, domain: &str) {
         if !self.header_sent {
-            let header = writer::stream_header("", None, &format!("{:016x}", rand::random::<u64>()), "en");
+            let header =
+                writer::stream_header(domain, None, &format!("{:016x}", rand::random::<u64>()), "en");
             self.out.extend_from_slice(header.as_bytes());
         }
         self.queue(&error.to_element());

@@ -131,7 +131,12 @@ fn channel_binding(tls: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<V
 
 /// Runs a negotiation phase under the pre-authentication deadline; on failure the peer gets
 /// the stream error and the stream is closed.
-async fn negotiate<S, T, F>(conn: &mut Conn<S>, deadline: Instant, phase: F) -> Result<T, ConnError>
+async fn negotiate<S, T, F>(
+    conn: &mut Conn<S>,
+    domain: &str,
+    deadline: Instant,
+    phase: F,
+) -> Result<T, ConnError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: AsyncFnOnce(&mut Conn<S>) -> Result<T, ConnError>,
@@ -146,7 +151,7 @@ where
         )),
     };
     if let Err(ConnError::Stream(error)) = &result {
-        conn.send_error_and_close(error).await;
+        conn.send_error_and_close(error, domain).await;
     }
     result
 }
@@ -276,7 +281,7 @@ async fn starttls(
     deadline: Instant,
 ) -> Result<BoundSession, ConnError> {
     let mut conn = Conn::new(tcp, ctx.settings.limits);
-    let upgrade = negotiate(&mut conn, deadline, async |conn| {
+    let upgrade = negotiate(&mut conn, ctx.settings.domain.as_str(), deadline, async |conn| {
         let mut features = Element::builder("features", ns::STREAM)
             .append(starttls_feature(ctx.settings.require_starttls))
             .build();
@@ -333,7 +338,7 @@ async fn secured<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     binding: Option<Vec<u8>>,
 ) -> Result<BoundSession, ConnError> {
     let sasl = sasl_context(ctx, secure, binding);
-    negotiate(&mut conn, deadline, async |conn| {
+    negotiate(&mut conn, ctx.settings.domain.as_str(), deadline, async |conn| {
         let features = Element::builder("features", ns::STREAM)
             .append(mechanisms_feature(&offered(ctx, &sasl)))
             .build();
@@ -351,7 +356,7 @@ async fn authenticate_and_run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static
     sasl: SaslContext,
     first_auth: Option<Element>,
 ) -> Result<BoundSession, ConnError> {
-    let localpart = negotiate(&mut conn, deadline, async |conn| {
+    let localpart = negotiate(&mut conn, ctx.settings.domain.as_str(), deadline, async |conn| {
         authenticate(conn, ctx, sasl, first_auth).await
     })
     .await?;
@@ -367,7 +372,7 @@ async fn authenticate_and_run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static
     let control = Arc::new(SessionControl::with_byte_budget(
         ctx.settings.outbound_queue_bytes,
     ));
-    let (jid, id) = negotiate(&mut conn, deadline, async |conn| {
+    let (jid, id) = negotiate(&mut conn, ctx.settings.domain.as_str(), deadline, async |conn| {
         let mut features = Element::builder("features", ns::STREAM)
             .append(Element::bare("bind", ns::BIND))
             .append(
@@ -707,7 +712,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
 
     /// Sends the stream error and gives the client a moment to close its side (RFC 6120 §4.4).
     async fn close_with(&mut self, error: StreamError, close_timeout: Duration) -> Result<(), ConnError> {
-        self.conn.send_error_and_close(&error).await;
+        self.conn
+            .send_error_and_close(&error, self.ctx.settings.domain.as_str())
+            .await;
         let _ = tokio::time::timeout(close_timeout, async {
             while !matches!(self.conn.next_event().await, Err(_) | Ok(StreamEvent::End)) {}
         })

@@ -2,7 +2,7 @@
 
 use super::{QUIET, STREAM_NAMESPACES, bound, header_with, server_with};
 use parley_config::ByteSize;
-use parley_testkit::{Step, TestServer};
+use parley_testkit::{Step, TestServer, last_attr};
 
 /// Opens a plain (pre-TLS) stream, sends `xml`, and expects the stream error `condition`.
 async fn plain_stream_error(xml: &[u8], condition: &str) {
@@ -32,6 +32,26 @@ async fn wrong_stream_namespace_is_invalid_namespace() {
         ))
         .await;
     client.expect_stream_error("invalid-namespace").await;
+}
+
+// RFC 6120 §4.9.1.2 and §4.7.1: an error in the client's own header still comes inside a
+// stream header of ours, which names this server.
+#[tokio::test]
+async fn an_error_in_the_clients_header_comes_in_a_header_from_this_server() {
+    let server = TestServer::start().await;
+    let mut client = server.raw().await;
+    client
+        .send(&header_with(
+            "xmlns='jabber:client' xmlns:stream='urn:example:not-streams' to='localhost' version='1.0'",
+        ))
+        .await;
+    let reply = client.read_to_close().await;
+    assert_eq!(
+        last_attr(&reply, "stream:stream", "from").as_deref(),
+        Some("localhost"),
+        "{reply}"
+    );
+    assert!(reply.contains("<invalid-namespace "), "{reply}");
 }
 
 // RFC 6120 §4.8.2 and §4.9.3.10: a default (content) namespace other than jabber:client on a
