@@ -188,22 +188,23 @@ fn offered(ctx: &C2sContext, sasl: &SaslContext) -> Vec<Mechanism> {
     sasl::offered_mechanisms(&ctx.settings.mechanisms, sasl, ctx.directory.supports_scram())
 }
 
-/// Reads the client's stream header and answers with ours and `features`.
+/// Reads the client's stream header and answers with ours and `features`; returns the
+/// language the client declared for its stream (`xml:lang`), if it is a plausible tag.
 async fn open_stream<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
     ctx: &C2sContext,
     features: Element,
-) -> Result<(), ConnError> {
+) -> Result<Option<Box<str>>, ConnError> {
     let header = match conn.next_event().await? {
         StreamEvent::Header(header) => header,
         _ => return Err(stream_err(Cond::BadFormat, "Expected a stream header")),
     };
     let domain = ctx.settings.domain.as_str();
     let reply_to = header.from.as_deref().filter(|from| Jid::new(from).is_ok());
-    let lang = header
-        .lang
-        .as_deref()
-        .filter(|l| l.len() <= 35 && !l.contains(['\'', '"', '<', '&']));
+    // A BCP 47 tag is letters, digits and hyphens (RFC 5646 §2.1); anything else is ignored.
+    let lang = header.lang.as_deref().filter(|lang| {
+        (1..=35).contains(&lang.len()) && lang.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    });
     conn.send_raw(&writer::stream_header(
         domain,
         reply_to,
@@ -214,7 +215,7 @@ async fn open_stream<S: AsyncRead + AsyncWrite + Unpin>(
     conn.header_sent = true;
     check_header(&header, domain)?;
     conn.send(&features).await?;
-    Ok(())
+    Ok(lang.map(Box::from))
 }
 
 /// RFC 6120 §4.7-4.8: the stream must be for our domain, in the jabber:client content
@@ -342,7 +343,7 @@ async fn secured<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         let features = Element::builder("features", ns::STREAM)
             .append(mechanisms_feature(&offered(ctx, &sasl)))
             .build();
-        open_stream(conn, ctx, features).await
+        open_stream(conn, ctx, features).await.map(drop)
     })
     .await?;
     authenticate_and_run(conn, ctx, deadline, sasl, None).await
@@ -372,7 +373,7 @@ async fn authenticate_and_run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static
     let control = Arc::new(SessionControl::with_byte_budget(
         ctx.settings.outbound_queue_bytes,
     ));
-    let (jid, id) = negotiate(&mut conn, ctx.settings.domain.as_str(), deadline, async |conn| {
+    let (jid, id, lang) = negotiate(&mut conn, ctx.settings.domain.as_str(), deadline, async |conn| {
         let mut features = Element::builder("features", ns::STREAM)
             .append(Element::bare("bind", ns::BIND))
             .append(
@@ -384,8 +385,9 @@ async fn authenticate_and_run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static
         for feature in ctx.router.stream_features() {
             features.append_child(feature.clone());
         }
-        open_stream(conn, ctx, features).await?;
-        bind(conn, ctx, &account, queue.0.clone(), control.clone()).await
+        let lang = open_stream(conn, ctx, features).await?;
+        let (jid, id) = bind(conn, ctx, &account, queue.0.clone(), control.clone()).await?;
+        Ok((jid, id, lang))
     })
     .await?;
     drop(queue.0);
@@ -397,6 +399,7 @@ async fn authenticate_and_run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static
         queue: queue.1,
         control,
         delivering: VecDeque::new(),
+        lang,
     };
     // The boxed future is `run` itself, so the session's state exists once.
     let session = bound.run();
@@ -558,6 +561,8 @@ struct Bound<S> {
     /// The client's messages accepted in order and not yet routed (their compliance records
     /// are on their way to disk), oldest first: they are routed in this order.
     delivering: VecDeque<Delivering>,
+    /// The language the client declared for its stream, given to its stanzas that name none.
+    lang: Option<Box<str>>,
 }
 
 /// Most stanzas written in one go before the socket is flushed.
@@ -735,6 +740,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
                 return Err(stream_err(Cond::InvalidFrom, "You may only send as yourself"));
             }
             parley_proto::stanza::set_attr(&mut element, "from", None);
+        }
+        // RFC 6120 §8.1.5: a client's stanza without `xml:lang` is in its stream's language,
+        // which its recipients must learn from the stanza itself.
+        if let Some(lang) = &self.lang
+            && parley_proto::stanza::xml_lang(&element).is_none()
+        {
+            parley_proto::stanza::set_xml_lang(&mut element, lang);
         }
         // Legacy session establishment (RFC 3921 §3) is a no-op that old clients still send.
         if element.name() == "iq"

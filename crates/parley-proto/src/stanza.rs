@@ -52,6 +52,16 @@ pub fn attr_name(name: &str) -> NcName {
     NcName::try_from(name).expect("attribute names in Parley's code are valid NCNames")
 }
 
+/// The element's own `xml:lang`, if it has one.
+pub fn xml_lang(element: &Element) -> Option<&str> {
+    element.attr_ns(crate::ns::XML, "lang")
+}
+
+/// Sets the element's `xml:lang`.
+pub fn set_xml_lang(element: &mut Element, lang: &str) {
+    element.set_attr(Namespace::xml().clone(), attr_name("lang"), lang);
+}
+
 /// Sets (or, with `None`, removes) an unqualified attribute.
 pub fn set_attr(element: &mut Element, name: &str, value: Option<&str>) {
     match value {

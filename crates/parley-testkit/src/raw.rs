@@ -16,6 +16,8 @@ const EXPECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct RawClient {
     io: Option<Box<dyn Io>>,
     pub domain: String,
+    /// The `xml:lang` of the stream headers this client sends (none by default).
+    pub stream_lang: Option<String>,
     tls: Arc<rustls::ClientConfig>,
     /// Received and not yet consumed by `expect`.
     pending: String,
@@ -29,6 +31,7 @@ impl RawClient {
         Self {
             io: Some(Box::new(tcp)),
             domain: domain.to_owned(),
+            stream_lang: None,
             tls,
             pending: String::new(),
         }
@@ -106,8 +109,13 @@ impl RawClient {
     }
 
     pub fn header(&self) -> String {
+        let lang = self
+            .stream_lang
+            .as_ref()
+            .map(|lang| format!(" xml:lang='{lang}'"))
+            .unwrap_or_default();
         format!(
-            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{}' version='1.0'>",
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{}' version='1.0'{lang}>",
             self.domain
         )
     }

@@ -298,3 +298,39 @@ async fn a_burst_of_messages_keeps_its_order_and_precedes_a_later_request() {
     }
     assert_eq!(bodies(&to_bob), (0..BURST).collect::<Vec<_>>());
 }
+
+// RFC 6120 §8.1.5: a client's stanza without `xml:lang` reaches its recipient in the language of
+// the client's stream; one with its own keeps it; a stream without a language adds none.
+#[tokio::test]
+async fn a_stanza_without_xml_lang_carries_its_streams_language() {
+    let server = TestServer::start().await;
+    let mut bob = bound(&server, "bob", "phone").await;
+    become_available(&mut bob).await;
+    let mut alice = server.raw().await;
+    alice.stream_lang = Some("de-CH".into());
+    alice.login("alice", "alice-secret", "desk").await;
+    become_available(&mut alice).await;
+    alice
+        .send("<message to='bob@localhost' type='chat' id='l1'><body>Grüezi</body></message>")
+        .await;
+    alice
+        .send("<message to='bob@localhost' type='chat' id='l2' xml:lang='fr'><body>Salut</body></message>")
+        .await;
+    let first = bob.expect("</message>").await;
+    assert_eq!(
+        last_attr(&first, "message", "xml:lang").as_deref(),
+        Some("de-CH"),
+        "{first}"
+    );
+    let second = bob.expect("</message>").await;
+    assert_eq!(
+        last_attr(&second, "message", "xml:lang").as_deref(),
+        Some("fr"),
+        "{second}"
+    );
+    bob.send("<message to='alice@localhost' type='chat' id='l3'><body>Hoi</body></message>")
+        .await;
+    let third = alice.expect("</message>").await;
+    assert!(third.contains("id='l3'"), "{third}");
+    assert_eq!(last_attr(&third, "message", "xml:lang"), None, "{third}");
+}
