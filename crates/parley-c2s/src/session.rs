@@ -399,6 +399,7 @@ async fn authenticate_and_run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static
         queue: queue.1,
         control,
         delivering: VecDeque::new(),
+        held: None,
         lang,
     };
     // The boxed future is `run` itself, so the session's state exists once.
@@ -561,6 +562,11 @@ struct Bound<S> {
     /// The client's messages accepted in order and not yet routed (their compliance records
     /// are on their way to disk), oldest first: they are routed in this order.
     delivering: VecDeque<Delivering>,
+    /// A stanza other than a message that came while messages were in `delivering`: RFC 6120
+    /// §10.1 has it processed after them, and nothing more is read until then. It waits here,
+    /// not in a nested loop, so the session keeps writing its own queue meanwhile (messages to
+    /// oneself land there).
+    held: Option<Box<Stanza>>,
     /// The language the client declared for its stream, given to its stanzas that name none.
     lang: Option<Box<str>>,
 }
@@ -580,8 +586,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
     /// write it (RFC 6121 §8.5.2.2.1: store it offline or answer with an error, never drop it).
     async fn run(mut self) -> Result<(), ConnError> {
         let ending = self.serve().await;
-        // Accepted messages are routed whatever ended the session.
-        self.finish_delivering().await;
+        // Accepted stanzas are handled whatever ended the session.
+        while let Some(delivering) = self.delivering.pop_front() {
+            delivering.await;
+        }
+        if let Some(held) = self.held.take() {
+            self.submit(*held).await;
+        }
         self.ctx.router.unbind(&self.jid, self.id).await;
         self.route_unwritten().await;
         match ending {
@@ -641,8 +652,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
                 }
                 () = oldest_delivered(&mut self.delivering), if !self.delivering.is_empty() => {
                     self.delivering.pop_front();
+                    if self.delivering.is_empty() {
+                        // A burst's buffer is not kept for the rest of an idle session.
+                        self.delivering = VecDeque::new();
+                        if let Some(held) = self.held.take() {
+                            self.submit(*held).await;
+                        }
+                    }
                 }
-                event = self.conn.next_event(), if self.delivering.len() < MAX_DELIVERING => {
+                event = self.conn.next_event(),
+                    if self.delivering.len() < MAX_DELIVERING && self.held.is_none() => {
                     if self.conn.take_activity() {
                         idle.as_mut().reset(Instant::now() + ping_idle_after);
                         ping_outstanding = false;
@@ -700,10 +719,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
         }
     }
 
-    /// Routes every accepted message still waiting for its record, oldest first.
-    async fn finish_delivering(&mut self) {
-        while let Some(delivering) = self.delivering.pop_front() {
-            delivering.await;
+    /// Hands a stanza to the router; a message's routing is left in `delivering`.
+    async fn submit(&mut self, stanza: Stanza) {
+        // Boxed: routing's state is large and lives only while a stanza is routed; inline, it
+        // would be part of every idle session's memory.
+        if let Some(delivering) = Box::pin(self.ctx.router.accept(stanza)).await {
+            self.delivering.push_back(delivering);
         }
     }
 
@@ -783,16 +804,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
             }
             Err((EnvelopeError::NotAStanza(_), element)) => return Err(unexpected(&element, false)),
         };
-        if stanza.kind() != parley_proto::StanzaKind::Message {
-            // RFC 6120 §10.1, in-order processing: what follows a message waits until the
-            // message is routed. Messages among themselves stay in order in `delivering`.
-            self.finish_delivering().await;
+        let stanza = stanza.with_from(self.jid.clone());
+        if stanza.kind() != parley_proto::StanzaKind::Message && !self.delivering.is_empty() {
+            // RFC 6120 §10.1, in-order processing: it waits until the messages before it are
+            // routed. Messages among themselves stay in order in `delivering`.
+            self.held = Some(Box::new(stanza));
+            return Ok(());
         }
-        // Boxed: routing's state is large and lives only while a stanza is routed; inline, it
-        // would be part of every idle session's memory.
-        if let Some(delivering) = Box::pin(self.ctx.router.accept(stanza.with_from(self.jid.clone()))).await {
-            self.delivering.push_back(delivering);
-        }
+        self.submit(stanza).await;
         Ok(())
     }
 }

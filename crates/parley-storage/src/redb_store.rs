@@ -86,8 +86,8 @@
 //! `INDEX_GATHER` before it commits, because its cost is per page touched and one owner's records
 //! only share pages when a commit holds many of them. Nobody waits for that window: a read that
 //! finds the index behind counts itself as waiting and sends a `Flush`, and the index thread
-//! commits at once while any read waits; a purge, half the backlog allowance, or closing also
-//! end it.
+//! commits at once while any read waits; a writer about to wait for room in the backlog sends a
+//! `Flush` too; a purge, half the backlog allowance, or closing also end it.
 //! A batch whose expectation fails is answered `Conflict` and skipped, without failing the rest.
 //! A storage error fails the whole group: nothing of it was committed.
 //!
@@ -351,9 +351,14 @@ impl IndexProgress {
 
     /// Writer: adds `records` to the backlog, first waiting while that would exceed
     /// [`MAX_INDEX_BACKLOG`] (never when the backlog is empty, nor once the index thread ended).
-    fn reserve_backlog(&self, records: usize) {
+    /// `nudge` is called once before it waits, to end the index thread's gathering.
+    fn reserve_backlog(&self, records: usize, nudge: impl FnOnce()) {
         let mut backlog = self.backlog();
+        let mut nudge = Some(nudge);
         while backlog.records > 0 && backlog.records + records > MAX_INDEX_BACKLOG && !backlog.stopped {
+            if let Some(nudge) = nudge.take() {
+                nudge();
+            }
             backlog = self.drained.wait(backlog).unwrap_or_else(PoisonError::into_inner);
         }
         backlog.records += records;
@@ -987,7 +992,10 @@ fn run_writer(
                 group.into_iter().for_each(|job| job.finish(None));
                 if !records.is_empty() {
                     // Blocks while the index thread is too far behind (backpressure).
-                    handover.progress.reserve_backlog(records.len());
+                    handover.progress.reserve_backlog(records.len(), || {
+                        // Gone index thread: reported where the job is sent.
+                        let _ = handover.jobs.send(IndexJob::Flush);
+                    });
                     if handover.jobs.send(IndexJob::Index { records, visible }).is_err() {
                         tracing::error!(
                             "the archive index thread has stopped; records wait for the next open"
@@ -1207,9 +1215,9 @@ fn finish_index_job(job: IndexJob, group_failure: Option<&StorageError>) {
 }
 
 /// `first` and the jobs that follow it within `gather`, so one commit covers many records. It stops
-/// early when a read waits for the index (a `Flush` wakes it), when a purge arrives, at
-/// [`MAX_GROUP_JOBS`], when half the writer's backlog allowance is used (the writer never waits
-/// for a gathering index thread), or when the writer is gone.
+/// early at a `Flush` (a read waits for the index, or the writer for room in the backlog), while
+/// any read waits, when a purge arrives, at [`MAX_GROUP_JOBS`], when half the writer's backlog
+/// allowance is used, or when the writer is gone.
 fn gather_index_jobs(
     first: IndexJob,
     receiver: &std_mpsc::Receiver<IndexJob>,
@@ -1221,7 +1229,10 @@ fn gather_index_jobs(
     let must_commit = |group: &[IndexJob]| {
         progress.waiting_reads.load(Ordering::Acquire) > 0
             || group.len() >= MAX_GROUP_JOBS
-            || matches!(group.last(), Some(IndexJob::DeleteBefore { .. }))
+            || matches!(
+                group.last(),
+                Some(IndexJob::DeleteBefore { .. } | IndexJob::Flush)
+            )
             || progress.backlog().records >= MAX_INDEX_BACKLOG / 2
     };
     while !must_commit(&group) {
@@ -2213,8 +2224,9 @@ mod tests {
     async fn reads_and_close_never_wait_for_the_index_gathering() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("parley.redb");
-        // A gathering window no test could sit out: every answer below must come from a flush.
-        let store = RedbStore::open_with_index_gather(&path, Duration::from_secs(3600)).unwrap();
+        // A gathering window longer than any wait below: every answer must come from a flush
+        // (and a failure is over within a minute, not an hour).
+        let store = RedbStore::open_with_index_gather(&path, Duration::from_secs(60)).unwrap();
         let within = Duration::from_secs(20);
         for round in 1..=3u64 {
             append_mam(&store, "alice", 1).await;
@@ -2275,25 +2287,35 @@ mod tests {
     #[test]
     fn writer_waits_for_the_index_backlog_only_when_it_is_full() {
         let progress = Arc::new(IndexProgress::default());
-        progress.reserve_backlog(MAX_INDEX_BACKLOG * 2);
+        progress.reserve_backlog(MAX_INDEX_BACKLOG * 2, || panic!("an empty backlog never waits"));
         assert_eq!(
             progress.backlog().records,
             MAX_INDEX_BACKLOG * 2,
             "an empty backlog takes any group"
         );
         let (reserved, waited) = std_mpsc::channel();
+        let nudges = Arc::new(AtomicUsize::new(0));
         let writer = {
             let progress = Arc::clone(&progress);
+            let nudges = Arc::clone(&nudges);
             std::thread::spawn(move || {
-                progress.reserve_backlog(10);
+                let nudge = || {
+                    nudges.fetch_add(1, Ordering::SeqCst);
+                };
+                progress.reserve_backlog(10, nudge);
                 reserved.send(()).unwrap();
-                progress.reserve_backlog(MAX_INDEX_BACKLOG);
+                progress.reserve_backlog(MAX_INDEX_BACKLOG, nudge);
                 reserved.send(()).unwrap();
             })
         };
         assert!(
             waited.recv_timeout(Duration::from_millis(100)).is_err(),
             "the backlog is full"
+        );
+        assert_eq!(
+            nudges.load(Ordering::SeqCst),
+            1,
+            "the index thread is asked to commit, once"
         );
         progress.release_backlog(MAX_INDEX_BACKLOG * 2);
         waited.recv_timeout(Duration::from_secs(5)).unwrap();
@@ -2304,6 +2326,38 @@ mod tests {
         progress.stopped();
         waited.recv_timeout(Duration::from_secs(5)).unwrap();
         writer.join().unwrap();
+        assert_eq!(nudges.load(Ordering::SeqCst), 2, "once per wait");
+    }
+
+    #[tokio::test]
+    async fn a_writer_waiting_for_backlog_room_ends_the_index_gathering() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            RedbStore::open_with_index_gather(&dir.path().join("parley.redb"), Duration::from_secs(90))
+                .unwrap();
+        let appends = |count: usize| -> Vec<ArchiveAppend> {
+            (0..count)
+                .map(|n| ArchiveAppend {
+                    space: Space::Mam,
+                    owner: format!("owner{}", n % 50),
+                    record: NewRecord {
+                        timestamp_micros: n as i64,
+                        with: "peer".into(),
+                        payload: vec![b'x'],
+                    },
+                })
+                .collect()
+        };
+        let within = Duration::from_secs(45);
+        // Under half the backlog allowance, so the index thread gathers; then one that does not
+        // fit beside it, so the writer waits for room; then anything at all.
+        for count in [MAX_INDEX_BACKLOG / 2 - 2_000, MAX_INDEX_BACKLOG / 2 + 8_000, 1] {
+            tokio::time::timeout(within, store.apply_and_append(WriteBatch::new(), appends(count)))
+                .await
+                .expect("the writer does not sit out the gathering")
+                .unwrap();
+        }
+        store.close().await.unwrap();
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! Routing as the sender sees it (RFC 6120 §8, §10 and RFC 6121 §8.5): where stanzas go, the
 //! error that comes back when they can't, and exactly one reply per request.
 
-use super::{QUIET, bound, expect_iq_error, stanza_condition};
+use super::{QUIET, bound, expect_iq_error, server_with, stanza_condition};
+use parley_config::ByteSize;
 use parley_testkit::{RawClient, TestServer, last_attr};
 
 /// Makes `client` available and waits until the server has processed it: stanzas of one session
@@ -333,4 +334,38 @@ async fn a_stanza_without_xml_lang_carries_its_streams_language() {
     let third = alice.expect("</message>").await;
     assert!(third.contains("id='l3'"), "{third}");
     assert_eq!(last_attr(&third, "message", "xml:lang"), None, "{third}");
+}
+
+// A request that waits for the messages before it must not stop the session from writing its
+// own queue meanwhile: messages to oneself land there, and a queue over its byte budget closes
+// the session as a slow consumer.
+#[tokio::test]
+async fn messages_to_oneself_before_a_request_do_not_overflow_the_own_queue() {
+    let server = server_with(|config| {
+        config.c2s.outbound_queue_bytes = ByteSize::kib(64);
+        config.c2s.max_stanza_size = ByteSize::kib(16);
+        config.c2s.max_token_size = ByteSize::kib(12);
+    })
+    .await;
+    let mut alice = bound(&server, "alice", "desk").await;
+    let pad = "x".repeat(10 * 1024);
+    let mut burst = String::new();
+    for n in 0..8 {
+        burst.push_str(&format!(
+            "<message to='alice@localhost/desk' type='chat' id='s{n}'><body>{n}{pad}</body></message>"
+        ));
+    }
+    burst.push_str("<iq type='get' id='after'><ping xmlns='urn:xmpp:ping'/></iq>");
+    alice.send(&burst).await;
+    let received = alice.expect("id='after'").await;
+    assert!(
+        !received.contains("policy-violation"),
+        "the session closed itself"
+    );
+    let numbers: Vec<usize> = received
+        .split("<body>")
+        .skip(1)
+        .filter_map(|rest| rest.split(['x', '<']).next()?.parse().ok())
+        .collect();
+    assert_eq!(numbers, (0..8).collect::<Vec<_>>());
 }
