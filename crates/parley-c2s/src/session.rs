@@ -627,16 +627,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
         let (ping_idle_after, ping_timeout) = (settings.ping_idle_after, settings.ping_timeout);
         let shutdown = self.ctx.shutdown.clone();
         let control = self.control.clone();
+        // Made once, not per turn of the loop: each would register with its token again.
+        let shutting_down = shutdown.cancelled();
+        let closed = control.closed();
+        tokio::pin!(shutting_down, closed);
         let idle = tokio::time::sleep(ping_idle_after);
         tokio::pin!(idle);
         let mut ping_outstanding = false;
         let result = loop {
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => {
+                () = &mut shutting_down => {
                     break Err(StreamError::with_text(Cond::SystemShutdown, "The server is shutting down"));
                 }
-                reason = control.closed() => break Err(reason),
+                reason = &mut closed => break Err(reason),
                 outbound = self.queue.recv() => {
                     let Some(Outbound::Stanza(stanza)) = outbound else { break Ok(()) };
                     self.take(&stanza);
