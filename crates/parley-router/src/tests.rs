@@ -383,6 +383,14 @@ async fn a_queue_of_large_stanzas_is_bounded_by_bytes() {
     );
 }
 
+/// A router of example.org whose accounts are `known`, recording messages with `stage`.
+fn router_recording_with(stage: Arc<dyn ComplianceStage>, known: &'static [&'static str]) -> Router {
+    Router::builder(BareJid::new("example.org").unwrap(), Arc::new(Known(known)))
+        .compliance(stage)
+        .build()
+        .unwrap_or_else(|e| panic!("{e:?}"))
+}
+
 struct Refuse(AtomicUsize);
 #[async_trait]
 impl ComplianceStage for Refuse {
@@ -407,13 +415,7 @@ impl ComplianceStage for Addressees {
 #[tokio::test]
 async fn the_compliance_stage_learns_whether_the_addressee_is_an_existing_account() {
     let stage = Arc::new(Addressees::default());
-    let router = Router::builder(
-        BareJid::new("example.org").unwrap(),
-        Arc::new(Known(&["alice", "bob", "carol"])),
-    )
-    .compliance(stage.clone())
-    .build()
-    .unwrap_or_else(|e| panic!("{e:?}"));
+    let router = router_recording_with(stage.clone(), &["alice", "bob", "carol"]);
     let alice = bind(&router, "alice@example.org/a", 8).await;
     let bob = bind(&router, "bob@example.org/b", 8).await;
     available(&router, &bob, 0).await;
@@ -444,13 +446,7 @@ async fn the_compliance_stage_learns_whether_the_addressee_is_an_existing_accoun
 #[tokio::test]
 async fn a_message_the_compliance_stage_cannot_record_is_not_delivered() {
     let stage = Arc::new(Refuse(AtomicUsize::new(0)));
-    let router = Router::builder(
-        BareJid::new("example.org").unwrap(),
-        Arc::new(Known(&["alice", "bob"])),
-    )
-    .compliance(stage.clone())
-    .build()
-    .unwrap_or_else(|e| panic!("{e:?}"));
+    let router = router_recording_with(stage.clone(), &["alice", "bob"]);
     let mut alice = bind(&router, "alice@example.org/a", 8).await;
     let mut bob = bind(&router, "bob@example.org/b", 8).await;
     available(&router, &bob, 0).await;
@@ -493,13 +489,7 @@ impl ComplianceStage for Gated {
 #[tokio::test]
 async fn accept_queues_the_record_and_delivers_only_once_it_is_durable() {
     let stage = Arc::new(Gated::default());
-    let router = Router::builder(
-        BareJid::new("example.org").unwrap(),
-        Arc::new(Known(&["alice", "bob"])),
-    )
-    .compliance(stage.clone())
-    .build()
-    .unwrap_or_else(|e| panic!("{e:?}"));
+    let router = router_recording_with(stage.clone(), &["alice", "bob"]);
     let alice = bind(&router, "alice@example.org/a", 8).await;
     let mut bob = bind(&router, "bob@example.org/b", 8).await;
     available(&router, &bob, 0).await;
