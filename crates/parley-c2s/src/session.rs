@@ -586,11 +586,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
     /// write it (RFC 6121 §8.5.2.2.1: store it offline or answer with an error, never drop it).
     async fn run(mut self) -> Result<(), ConnError> {
         let ending = self.serve().await;
-        // Accepted stanzas are handled whatever ended the session.
+        // Accepted messages are routed whatever ended the session (they are in the record).
         while let Some(delivering) = self.delivering.pop_front() {
             delivering.await;
         }
-        if let Some(held) = self.held.take() {
+        // A held stanza was never accepted: it is handled only if the client ended the stream
+        // itself, not after the server closed it (shutdown, conflict, an account disabled).
+        if let Some(held) = self.held.take()
+            && matches!(ending, Ok(None))
+        {
             self.submit(*held).await;
         }
         self.ctx.router.unbind(&self.jid, self.id).await;

@@ -369,3 +369,26 @@ async fn messages_to_oneself_before_a_request_do_not_overflow_the_own_queue() {
         .collect();
     assert_eq!(numbers, (0..8).collect::<Vec<_>>());
 }
+
+// A client that sends a burst and closes its stream at once still has every message routed, in
+// order: the session routes what it accepted before it unbinds.
+#[tokio::test]
+async fn a_burst_then_the_clients_close_is_all_routed() {
+    let server = TestServer::start().await;
+    let mut bob = bound(&server, "bob", "phone").await;
+    let mut alice = bound(&server, "alice", "desk").await;
+    const BURST: usize = 60;
+    let mut burst = String::new();
+    for n in 0..BURST {
+        burst.push_str(&format!(
+            "<message to='bob@localhost/phone' type='chat' id='c{n}'><body>{n}</body></message>"
+        ));
+    }
+    burst.push_str("</stream:stream>");
+    alice.send(&burst).await;
+    let mut to_bob = String::new();
+    while bodies(&to_bob).len() < BURST {
+        to_bob.push_str(&bob.expect("</message>").await);
+    }
+    assert_eq!(bodies(&to_bob), (0..BURST).collect::<Vec<_>>());
+}
