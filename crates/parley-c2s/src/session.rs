@@ -771,8 +771,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Bound<S> {
             parley_proto::stanza::set_attr(&mut element, "from", None);
         }
         // RFC 6120 §8.1.5: a client's stanza without `xml:lang` is in its stream's language,
-        // which its recipients must learn from the stanza itself.
+        // which its recipients must learn from the stanza itself. Not presence: the server keeps
+        // each session's last presence for its life, and the attribute's own map (its namespace
+        // is new to the element) would add about a kilobyte to every idle session.
         if let Some(lang) = &self.lang
+            && element.name() != "presence"
             && parley_proto::stanza::xml_lang(&element).is_none()
         {
             parley_proto::stanza::set_xml_lang(&mut element, lang);
