@@ -567,7 +567,8 @@ struct Bound<S> {
     /// not in a nested loop, so the session keeps writing its own queue meanwhile (messages to
     /// oneself land there).
     held: Option<Box<Stanza>>,
-    /// The language the client declared for its stream, given to its stanzas that name none.
+    /// The language the client declared for its stream, given to its messages and IQs that name
+    /// none.
     lang: Option<Box<str>>,
 }
 
