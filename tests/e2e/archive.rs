@@ -460,7 +460,16 @@ async fn every_delivered_message_survives_a_sigkill_and_the_chain_verifies() {
     .expect("the message after the restart is delivered");
     // The receiver's MAM copies survived the kill too (replayed into the index on open), and each
     // shows its stanza, read from the chain entry it refers to.
+    // If the query is slow, the server's log says why (the server runs as a child process).
+    let log_path = server.dir.path().join("server.log");
+    let slow_query_log = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        let log = std::fs::read(&log_path).unwrap_or_default();
+        let tail = String::from_utf8_lossy(&log[log.len().saturating_sub(20_000)..]);
+        eprintln!("the MAM query after the restart is slow; the server's log:\n{tail}");
+    });
     let in_mam = mam_bodies(&mut receiver).await;
+    slow_query_log.abort();
     let delivered_to_receiver0: BTreeSet<&String> =
         seen.iter().filter(|body| body.starts_with("load-0-")).collect();
     let in_mam_set: BTreeSet<&String> = in_mam.iter().collect();
