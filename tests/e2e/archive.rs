@@ -414,7 +414,11 @@ async fn every_delivered_message_survives_a_sigkill_and_the_chain_verifies() {
         assert!(tokio::time::Instant::now() < deadline, "the load never got going");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let delay = pseudo_random_millis(2500);
+    // KILL_DELAY_MS=n replays one moment (the moment is printed below).
+    let delay = std::env::var("KILL_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| pseudo_random_millis(2500));
     tokio::time::sleep(Duration::from_millis(delay)).await;
     child.kill();
     let seen: BTreeSet<String> = delivered.lock().unwrap().clone();
@@ -441,6 +445,14 @@ async fn every_delivered_message_survives_a_sigkill_and_the_chain_verifies() {
 
     // After a restart the chain continues where it stopped.
     let mut child = server.serve().await;
+    // If what follows is slow, the server's log says why (the server runs as a child process).
+    let log_path = server.dir.path().join("server.log");
+    let slow_restart_log = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let log = std::fs::read(&log_path).unwrap_or_default();
+        let tail = String::from_utf8_lossy(&log[log.len().saturating_sub(20_000)..]);
+        eprintln!("the server is slow after its restart; its log:\n{tail}");
+    });
     let mut receiver = child_login(&server, "receiver0").await;
     let mut sender = child_login(&server, "sender0").await;
     sender
@@ -460,16 +472,8 @@ async fn every_delivered_message_survives_a_sigkill_and_the_chain_verifies() {
     .expect("the message after the restart is delivered");
     // The receiver's MAM copies survived the kill too (replayed into the index on open), and each
     // shows its stanza, read from the chain entry it refers to.
-    // If the query is slow, the server's log says why (the server runs as a child process).
-    let log_path = server.dir.path().join("server.log");
-    let slow_query_log = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(25)).await;
-        let log = std::fs::read(&log_path).unwrap_or_default();
-        let tail = String::from_utf8_lossy(&log[log.len().saturating_sub(20_000)..]);
-        eprintln!("the MAM query after the restart is slow; the server's log:\n{tail}");
-    });
     let in_mam = mam_bodies(&mut receiver).await;
-    slow_query_log.abort();
+    slow_restart_log.abort();
     let delivered_to_receiver0: BTreeSet<&String> =
         seen.iter().filter(|body| body.starts_with("load-0-")).collect();
     let in_mam_set: BTreeSet<&String> = in_mam.iter().collect();
