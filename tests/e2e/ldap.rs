@@ -627,3 +627,17 @@ async fn without_syncprov_auto_falls_back_to_polling() {
         "a server without the Sync Request control can't be in syncrepl mode"
     );
 }
+
+/// The test slapd's start-up failures carry slapd's own words (its temp dir, with the log, is
+/// gone by the time anyone reads the failure); a port taken before slapd binds it is the one the
+/// first start works around by moving to fresh ports.
+#[test]
+fn a_slapd_that_cannot_bind_its_port_reports_why() {
+    let Some(mut slapd) = slapd() else { return };
+    slapd.stop();
+    let _taken =
+        std::net::TcpListener::bind(("127.0.0.1", slapd.ldap_port)).expect("the stopped slapd's port");
+    let error = slapd.start().expect_err("a taken port stops slapd").to_string();
+    assert!(error.contains("Address already in use"), "{error}");
+    assert!(!slapd.is_running());
+}

@@ -22,6 +22,10 @@ pub const LDAP_SERVICE_PASSWORD: &str = "parley-service-secret";
 
 /// How long slapd may take to accept connections after it is started.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Starts tried on fresh ports when slapd finds one of its ports taken.
+const PORT_ATTEMPTS: usize = 3;
+/// What slapd logs when its port is taken (`daemon: bind(..) failed errno=98 (Address already in use)`).
+const ADDRESS_IN_USE: &str = "Address already in use";
 
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/ldap")
@@ -105,8 +109,17 @@ impl Slapd {
             ldaps_port: free_port()?,
             child: None,
         };
-        slapd.start()?;
-        Ok(slapd)
+        // A port found free can be taken before slapd binds it (by another test, or as the
+        // ephemeral port of an outgoing connection); the first start may then move to others.
+        for _ in 1..PORT_ATTEMPTS {
+            match slapd.start() {
+                Err(_) if slapd.log_tail().contains(ADDRESS_IN_USE) => {
+                    (slapd.ldap_port, slapd.ldaps_port) = (free_port()?, free_port()?);
+                }
+                outcome => return outcome.map(|()| slapd),
+            }
+        }
+        slapd.start().map(|()| slapd)
     }
 
     /// `ldap://127.0.0.1:<port>`.
@@ -133,11 +146,12 @@ impl Slapd {
             "ldap://127.0.0.1:{}/ ldaps://127.0.0.1:{}/",
             self.ldap_port, self.ldaps_port
         );
-        // `-d 0` keeps slapd in the foreground, so it is our child and dies with `kill`.
+        // `-d none` keeps slapd in the foreground, so it is our child and dies with `kill`, and logs
+        // only what it always logs (start-up failures such as a port in use).
         let child = Command::new(sbin_tool("slapd"))
             .arg("-f")
             .arg(self.dir.path().join("slapd.conf"))
-            .args(["-h", &urls, "-d", "0"])
+            .args(["-h", &urls, "-d", "none"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -155,7 +169,8 @@ impl Slapd {
                     && let Ok(Some(status)) = child.try_wait()
                 {
                     self.child = None;
-                    bail!("slapd exited with {status}; see {}", self.log_path().display());
+                    // The log's directory is removed with `self`, so the error carries its end.
+                    bail!("slapd exited with {status}; its log ends:\n{}", self.log_tail());
                 }
                 if Instant::now() > deadline {
                     self.stop();
@@ -182,6 +197,12 @@ impl Slapd {
 
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("slapd.log")
+    }
+
+    /// The last few KiB of `slapd.log`.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read(self.log_path()).unwrap_or_default();
+        String::from_utf8_lossy(&log[log.len().saturating_sub(4096)..]).into_owned()
     }
 
     /// Applies LDIF change records as the directory manager (`ldapmodify`).
