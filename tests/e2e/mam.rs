@@ -310,6 +310,19 @@ async fn mam_filters_by_with_start_and_end_and_is_advertised() {
     assert_eq!(after.bodies(), ["to carol 1", "to bob 2"]);
     assert_eq!(after.rsm("count").as_deref(), Some("2"));
 
+    // XEP-0313 §4.1.1: a full JID in `with` matches only messages to or from exactly it.
+    carol.send(chat("alice@localhost", "from carol's tablet")).await;
+    alice
+        .expect_message("carol's reply", |m| {
+            body_of(m).as_deref() == Some("from carol's tablet")
+        })
+        .await;
+    let with_tablet = query(&mut alice, &field("with", "carol@localhost/tablet"), "").await;
+    assert_eq!(with_tablet.bodies(), ["from carol's tablet"]);
+    assert_eq!(with_tablet.rsm("count").as_deref(), Some("1"));
+    let with_carol = query(&mut alice, &field("with", "carol@localhost"), "").await;
+    assert_eq!(with_carol.bodies(), ["to carol 1", "from carol's tablet"]);
+
     let info = alice
         .iq_ok(
             Some(bare("alice@localhost").into()),

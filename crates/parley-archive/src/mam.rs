@@ -42,6 +42,9 @@ const MAX_NAMED_IDS: usize = 100;
 /// Most records read while counting or indexing past a preference filter; beyond this the
 /// optional RSM `<count/>`/`index` is left out rather than reading the whole archive.
 const SCAN_BUDGET: usize = 100_000;
+/// The same for a `with` filter naming a full JID, where each record read means reading its
+/// chain entry too (to see the message's own addresses).
+const EXACT_SCAN_BUDGET: usize = 10_000;
 /// How long a result message may wait for room in the requester's queue.
 const SEND_PATIENCE: Duration = Duration::from_secs(5);
 
@@ -266,7 +269,11 @@ impl IqHandler for MamHandler {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct MamQuery {
     query_id: Option<String>,
+    /// The `with` field's bare JID: what the index knows of the other party.
     with: Option<String>,
+    /// The `with` field when it names a full JID: only messages to or from exactly that JID
+    /// match (XEP-0313 §4.1.1), which the records are checked against one by one.
+    with_exact: Option<String>,
     start: Option<i64>,
     end: Option<i64>,
     /// The `after-id`/`before-id` form fields: part of the result set's definition.
@@ -352,6 +359,14 @@ fn bounded_text(element: &Element, what: &str) -> Result<String, StanzaError> {
     Ok(text.trim().to_owned())
 }
 
+fn parse_jid(text: &str) -> Result<Jid, StanzaError> {
+    Jid::new(text).map_err(|_| error(StanzaErrorCondition::JidMalformed, "Not a valid JID"))
+}
+
+fn parse_bare(text: &str) -> Result<String, StanzaError> {
+    Ok(parse_jid(text)?.to_bare().to_string())
+}
+
 /// An archive id; anything else names no record, hence `item-not-found` (XEP-0313 §4.1.4).
 fn parse_id(text: &str) -> Result<u64, StanzaError> {
     text.parse()
@@ -371,11 +386,6 @@ fn parse_datetime(text: &str) -> Result<i64, StanzaError> {
 }
 
 /// A JID from a form or a preference list, as its bare form (the archive keys on bare JIDs).
-fn parse_bare(text: &str) -> Result<String, StanzaError> {
-    let jid = Jid::new(text).map_err(|_| error(StanzaErrorCondition::JidMalformed, "Not a valid JID"))?;
-    Ok(jid.to_bare().to_string())
-}
-
 fn parse_query(payload: &Element, options: &MamOptions) -> Result<MamQuery, StanzaError> {
     let mut query = MamQuery {
         max: options.default_page.min(options.max_page),
@@ -452,7 +462,11 @@ fn parse_form(form: &Element, query: &mut MamQuery) -> Result<(), StanzaError> {
                     ));
                 }
             }
-            "with" => query.with = Some(parse_bare(&value)?),
+            "with" => {
+                let jid = parse_jid(&value)?;
+                query.with = Some(jid.to_bare().to_string());
+                query.with_exact = jid.resource().is_some().then(|| jid.to_string());
+            }
             "start" => query.start = Some(parse_datetime(&value)?),
             "end" => query.end = Some(parse_datetime(&value)?),
             "after-id" => query.after_id = Some(parse_id(&value)?),
@@ -639,18 +653,28 @@ impl Inner {
         })
     }
 
-    /// Reads one page of `query` (limit and direction included) that passes `visibility`.
+    /// Reads one page of `query` (limit and direction included) that passes `visibility` and,
+    /// if given, is to or from exactly the full JID `exact`.
     async fn page(
         &self,
         owner: &str,
         query: &ArchiveQuery,
         visibility: &Visibility,
+        exact: Option<&str>,
     ) -> Result<Page, StorageError> {
         let limit = query.limit;
         if limit == 0 {
             return Ok(Page {
                 records: Vec::new(),
                 complete: false,
+            });
+        }
+        if exact.is_some() {
+            let (records, exhausted) = self.scan(owner, query, visibility, exact, limit + 1).await?;
+            let complete = exhausted && records.len() <= limit;
+            return Ok(Page {
+                records: take_window(records, limit, query.reverse),
+                complete,
             });
         }
         match visibility {
@@ -680,7 +704,7 @@ impl Inner {
                 })
             }
             Visibility::AllExcept(_) => {
-                let (records, exhausted) = self.scan(owner, query, visibility, limit + 1).await?;
+                let (records, exhausted) = self.scan(owner, query, visibility, None, limit + 1).await?;
                 let complete = exhausted && records.len() <= limit;
                 Ok(Page {
                     records: take_window(records, limit, query.reverse),
@@ -690,16 +714,22 @@ impl Inner {
         }
     }
 
-    /// Collects up to `wanted` visible records in the query's direction, reading at most
-    /// [`SCAN_BUDGET`] records. Returns them in ascending order, and whether the scan reached
-    /// the end of the matches.
+    /// Collects up to `wanted` visible records (to or from `exact`, if given) in the query's
+    /// direction, reading at most [`SCAN_BUDGET`] records ([`EXACT_SCAN_BUDGET`] with `exact`).
+    /// Returns them in ascending order, and whether the scan reached the end of the matches.
     async fn scan(
         &self,
         owner: &str,
         query: &ArchiveQuery,
         visibility: &Visibility,
+        exact: Option<&str>,
         wanted: usize,
     ) -> Result<(Vec<ArchiveRecord>, bool), StorageError> {
+        let budget = if exact.is_some() {
+            EXACT_SCAN_BUDGET
+        } else {
+            SCAN_BUDGET
+        };
         let mut cursor = query.clone();
         cursor.limit = MAX_QUERY_LIMIT.min(wanted.max(64));
         let mut found = Vec::new();
@@ -717,12 +747,15 @@ impl Inner {
                 .into_iter()
                 .filter(|record| visibility.shows(&record.with))
                 .collect();
+            if let Some(exact) = exact {
+                shown = self.to_or_from(shown, exact).await?;
+            }
             if cursor.reverse {
                 shown.reverse();
             }
             found.extend(shown);
             let next = edge.filter(|_| !page.complete);
-            let Some(edge) = next.filter(|_| found.len() < wanted && read < SCAN_BUDGET) else {
+            let Some(edge) = next.filter(|_| found.len() < wanted && read < budget) else {
                 found.truncate(wanted);
                 if cursor.reverse {
                     found.reverse();
@@ -744,12 +777,13 @@ impl Inner {
         owner: &str,
         query: &ArchiveQuery,
         visibility: &Visibility,
+        exact: Option<&str>,
     ) -> Result<Option<u64>, StorageError> {
-        if query.after_id.is_some() || query.before_id.is_some() {
-            // Storage counts ignore id bounds: count by reading.
+        if query.after_id.is_some() || query.before_id.is_some() || exact.is_some() {
+            // Storage counts ignore id bounds and know no resources: count by reading.
             let mut forward = query.clone();
             forward.reverse = false;
-            let (records, exhausted) = self.scan(owner, &forward, visibility, usize::MAX).await?;
+            let (records, exhausted) = self.scan(owner, &forward, visibility, exact, usize::MAX).await?;
             return Ok(exhausted.then_some(records.len() as u64));
         }
         let count_with = |with: &str| {
@@ -775,6 +809,55 @@ impl Inner {
                 total
             }
         }))
+    }
+
+    /// The records whose message was sent by or to exactly the full JID `exact`, by the
+    /// addresses in its chain entry (or in the stanza a copy carries itself).
+    async fn to_or_from(
+        &self,
+        records: Vec<ArchiveRecord>,
+        exact: &str,
+    ) -> Result<Vec<ArchiveRecord>, StorageError> {
+        if records.is_empty() {
+            return Ok(records);
+        }
+        let references: Vec<Option<u64>> = records
+            .iter()
+            .map(|record| parse_entry_reference(&record.payload))
+            .collect();
+        let keys: Vec<String> = references.iter().flatten().map(|seq| seq_key(*seq)).collect();
+        let mut entries = self
+            .kv
+            .get_many(Space::Compliance, CHAIN_OWNER, &keys)
+            .await?
+            .into_iter();
+        let same = |address: Option<&str>| {
+            address
+                .and_then(|address| Jid::new(address).ok())
+                .map(|jid| jid.to_string())
+                .as_deref()
+                == Some(exact)
+        };
+        let mut kept = Vec::with_capacity(records.len());
+        for (record, reference) in records.into_iter().zip(references) {
+            let matches = match reference {
+                Some(_) => match entries.next().flatten().map(|bytes| Entry::from_bytes(&bytes)) {
+                    Some(Ok(Entry {
+                        body: Body::Message(message),
+                        ..
+                    })) => same(Some(&message.from)) || same(Some(&message.to)),
+                    _ => false,
+                },
+                None => std::str::from_utf8(&record.payload)
+                    .ok()
+                    .and_then(|xml| xml.parse::<Element>().ok())
+                    .is_some_and(|stanza| same(stanza.attr("from")) || same(stanza.attr("to"))),
+            };
+            if matches {
+                kept.push(record);
+            }
+        }
+        Ok(kept)
     }
 
     /// The archived stanza of each record: from the chain entry its payload refers to (all of a
@@ -856,12 +939,13 @@ impl Inner {
         }
         let result_set = request.result_set();
         let (page, count) = if request.ids.is_empty() {
+            let exact = request.with_exact.as_deref();
             let page = self
-                .page(owner_key, &request.window(), &visibility)
+                .page(owner_key, &request.window(), &visibility, exact)
                 .await
                 .map_err(|e| internal(&e))?;
             let count = self
-                .count(owner_key, &result_set, &visibility)
+                .count(owner_key, &result_set, &visibility, exact)
                 .await
                 .map_err(|e| internal(&e))?;
             (page, count)
@@ -870,6 +954,9 @@ impl Inner {
             by_id.sort_by_key(|record| record.id);
             by_id.dedup_by_key(|record| record.id);
             by_id.retain(|record| result_set.matches(record) && visibility.shows(&record.with));
+            if let Some(exact) = &request.with_exact {
+                by_id = self.to_or_from(by_id, exact).await.map_err(|e| internal(&e))?;
+            }
             let count = by_id.len() as u64;
             let (records, complete) = request.window_over(by_id);
             (Page { records, complete }, Some(count))
@@ -928,7 +1015,7 @@ impl Inner {
                 ..ArchiveQuery::default()
             };
             let page = self
-                .page(owner.as_str(), &query, &visibility)
+                .page(owner.as_str(), &query, &visibility, None)
                 .await
                 .map_err(|e| internal(&e))?;
             if let Some(record) = page.records.first() {
@@ -1319,6 +1406,62 @@ mod tests {
         let before_last = ask(&mut fixture, "set", &query(&before, "")).await;
         assert_eq!(before_last.bodies, ["b1", "c1", "b2"]);
         assert_eq!(before_last.rsm("count").as_deref(), Some("3"));
+    }
+
+    #[tokio::test]
+    async fn with_a_full_jid_matches_only_that_resource() {
+        let mut fixture = fixture().await;
+        send(&mut fixture, "bob@example.com/desk", "d1").await;
+        send(&mut fixture, "bob@example.com/phone", "p1").await;
+        send(&mut fixture, "bob@example.com", "bare1").await;
+        fixture.clock.advance(SECOND);
+        let from_desk = "<message xmlns='jabber:client' from='bob@example.com/desk' \
+                         to='alice@example.com' type='chat'><body>d2</body></message>";
+        fixture
+            .router
+            .submit(Stanza::from_element(from_desk.parse().unwrap()).unwrap())
+            .await;
+        drain(&mut fixture.alice);
+        send(&mut fixture, "carol@example.com/desk", "c1").await;
+
+        // XEP-0313 §4.1.1: a bare JID matches every resource of it, a full JID only itself,
+        // whether it sent the message or received it.
+        let bare = ask(&mut fixture, "set", &query(&field("with", "bob@example.com"), "")).await;
+        assert_eq!(bare.bodies, ["d1", "p1", "bare1", "d2"]);
+        let desk = field("with", "bob@example.com/desk");
+        let exact = ask(&mut fixture, "set", &query(&desk, "")).await;
+        assert_eq!(exact.bodies, ["d1", "d2"]);
+        assert_eq!(exact.rsm("count").as_deref(), Some("2"));
+        assert!(exact.complete());
+
+        // Paged one at a time, forwards and from the end.
+        let first = ask(&mut fixture, "set", &query(&desk, "<max>1</max>")).await;
+        assert_eq!(first.bodies, ["d1"]);
+        assert_eq!(first.rsm("count").as_deref(), Some("2"));
+        assert!(!first.complete());
+        let next = format!("<max>1</max><after>{}</after>", first.ids[0]);
+        let second = ask(&mut fixture, "set", &query(&desk, &next)).await;
+        assert_eq!(second.bodies, ["d2"]);
+        assert!(second.complete());
+        let last = ask(&mut fixture, "set", &query(&desk, "<max>1</max><before/>")).await;
+        assert_eq!(last.bodies, ["d2"]);
+
+        // Named ids keep only what the full JID matches.
+        let ids: String = bare.ids.iter().map(|id| format!("<value>{id}</value>")).collect();
+        let named = format!(
+            "<field var='ids' type='list-multi'>{ids}</field>{}",
+            field("with", "bob@example.com/phone")
+        );
+        let phone = ask(&mut fixture, "set", &query(&named, "")).await;
+        assert_eq!(phone.bodies, ["p1"]);
+        let nobody = ask(
+            &mut fixture,
+            "set",
+            &query(&field("with", "bob@example.com/tablet"), ""),
+        )
+        .await;
+        assert!(nobody.bodies.is_empty());
+        assert_eq!(nobody.rsm("count").as_deref(), Some("0"));
     }
 
     #[tokio::test]
