@@ -42,9 +42,6 @@ const MAX_NAMED_IDS: usize = 100;
 /// Most records read while counting or indexing past a preference filter; beyond this the
 /// optional RSM `<count/>`/`index` is left out rather than reading the whole archive.
 const SCAN_BUDGET: usize = 100_000;
-/// The same for a `with` filter naming a full JID, where each record read means reading its
-/// chain entry too (to see the message's own addresses).
-const EXACT_SCAN_BUDGET: usize = 10_000;
 /// How long a result message may wait for room in the requester's queue.
 const SEND_PATIENCE: Duration = Duration::from_secs(5);
 
@@ -715,7 +712,7 @@ impl Inner {
     }
 
     /// Collects up to `wanted` visible records (to or from `exact`, if given) in the query's
-    /// direction, reading at most [`SCAN_BUDGET`] records ([`EXACT_SCAN_BUDGET`] with `exact`).
+    /// direction, reading at most [`SCAN_BUDGET`] records (and, with `exact`, their entries).
     /// Returns them in ascending order, and whether the scan reached the end of the matches.
     async fn scan(
         &self,
@@ -725,11 +722,6 @@ impl Inner {
         exact: Option<&str>,
         wanted: usize,
     ) -> Result<(Vec<ArchiveRecord>, bool), StorageError> {
-        let budget = if exact.is_some() {
-            EXACT_SCAN_BUDGET
-        } else {
-            SCAN_BUDGET
-        };
         let mut cursor = query.clone();
         cursor.limit = MAX_QUERY_LIMIT.min(wanted.max(64));
         let mut found = Vec::new();
@@ -755,7 +747,7 @@ impl Inner {
             }
             found.extend(shown);
             let next = edge.filter(|_| !page.complete);
-            let Some(edge) = next.filter(|_| found.len() < wanted && read < budget) else {
+            let Some(edge) = next.filter(|_| found.len() < wanted && read < SCAN_BUDGET) else {
                 found.truncate(wanted);
                 if cursor.reverse {
                     found.reverse();
