@@ -15,6 +15,7 @@ mod codec;
 pub mod conformance;
 mod memory;
 mod redb_store;
+mod zero_ahead;
 
 use std::sync::Arc;
 

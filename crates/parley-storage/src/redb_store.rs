@@ -110,6 +110,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDe
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::codec::{self, OwnerStats};
+use crate::zero_ahead::ZeroAheadFile;
 use crate::{
     Archive, ArchiveAppend, ArchivePage, ArchiveQuery, ArchiveRecord, Committed, KeyValue, NewRecord, Space,
     StorageError, Store, Visible, WriteBatch, WriteOp,
@@ -480,9 +481,9 @@ impl RedbStore {
         if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
         }
-        let db = Arc::new(Database::create(path)?);
+        let db = Arc::new(create_database(path)?);
         let last_ids = initialise_main(&db)?;
-        let index = Arc::new(Database::create(index_path(path))?);
+        let index = Arc::new(create_database(&index_path(path))?);
         let mut indexed = initialise_index(&index)?;
         check_files_belong_together(&db, &last_ids, &indexed, path)?;
         replay_journal(&db, &index, &mut indexed)?;
@@ -626,6 +627,13 @@ impl Drop for RedbStore {
             let _ = thread.join();
         }
     }
+}
+
+/// Opens (or creates) a redb file on a [`ZeroAheadFile`], so its commits write over blocks the
+/// filesystem has already allocated.
+fn create_database(path: &Path) -> Result<Database, StorageError> {
+    let file = ZeroAheadFile::open(path)?;
+    Ok(redb::Builder::new().create_with_backend(file)?)
 }
 
 /// Checks (or writes) the format version of a file.
