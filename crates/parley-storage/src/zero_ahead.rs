@@ -9,13 +9,14 @@
 //! is most of a message's latency at moderate load. Preallocating with `fallocate` does not help
 //! (its unwritten extents are converted, which is a journal commit too); writing zeros does.
 //!
-//! So a write that lands at or just past the furthest point written so far (the frontier) first
-//! fills the file with zeros from the frontier to [`ZERO_AHEAD`] past the write. The zeros reach
-//! the disk with that commit's `fdatasync`, so one commit in every [`ZERO_AHEAD`] or so of growth
-//! carries them. A write far beyond the frontier (redb sometimes puts a page at the far end of a
-//! region it just grew into) is not filled up to, which would make one commit carry megabytes of
-//! zeros; it is remembered instead, and later fills step over it. Nothing else above the
-//! frontier has been written since the file was opened, so the zeros never cover data.
+//! So before a write lands where nothing has been written since the file was opened, the file
+//! around it, from the [`ZERO_AHEAD`] boundary below it to one [`ZERO_AHEAD`] past the boundary
+//! above it, is written with zeros wherever nothing has been written yet. redb's next pages then
+//! land on written blocks, whether they go at the growing end of the file or at the far end of a
+//! region it just grew into, and no commit carries more than about three [`ZERO_AHEAD`] of zeros
+//! (they reach the disk with that commit's `fdatasync`). The ranges written since the file was
+//! opened (and what it held then) are kept, and zeros only ever go outside them, so they never
+//! cover data.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -28,7 +29,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use redb::backends::FileBackend;
 use redb::{BackendError, StorageBackend};
 
-/// How far past the furthest write the file is filled with zeros, and the unit it grows by.
+/// The unit of the zeros written around a write into unwritten space.
 pub const ZERO_AHEAD: u64 = 1024 * 1024;
 
 /// A [`FileBackend`] that writes zeros ahead of redb's writes (see the module docs).
@@ -37,18 +38,73 @@ pub struct ZeroAheadFile {
     inner: FileBackend,
     /// A second handle on the same file, for the zeros (`FileBackend` does not lend its own).
     file: File,
-    /// How far past a write near the frontier the zeros go.
+    /// The unit of the zeros around a write.
     ahead: u64,
     written: Mutex<Written>,
 }
 
-/// What of the file is known to be written since it was opened.
-#[derive(Debug)]
-struct Written {
-    /// Every byte below this is written (zeros or data), or was in the file when it was opened.
-    frontier: u64,
-    /// Ranges written far beyond the frontier (start to end), which fills step over.
-    beyond: BTreeMap<u64, u64>,
+/// The ranges of the file known to be written (zeros or data) since it was opened, or held by it
+/// then: disjoint and not touching, start to end.
+#[derive(Debug, Default)]
+struct Written(BTreeMap<u64, u64>);
+
+impl Written {
+    /// Whether all of `[start, end)` is written.
+    fn covers(&self, start: u64, end: u64) -> bool {
+        self.0
+            .range(..=start)
+            .next_back()
+            .is_some_and(|(_, written_end)| *written_end >= end)
+    }
+
+    /// The parts of `[start, end)` not written, in order.
+    fn gaps(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut gaps = Vec::new();
+        let mut at = start;
+        let before = self.0.range(..start).next_back();
+        for (range_start, range_end) in before.into_iter().chain(self.0.range(start..end)) {
+            if *range_start > at {
+                gaps.push((at, (*range_start).min(end)));
+            }
+            at = at.max(*range_end);
+        }
+        if at < end {
+            gaps.push((at, end));
+        }
+        gaps
+    }
+
+    /// Marks `[start, end)` written, merging it with the ranges it overlaps or touches.
+    fn insert(&mut self, mut start: u64, mut end: u64) {
+        if start >= end {
+            return;
+        }
+        if let Some((before_start, before_end)) = self.0.range(..=start).next_back()
+            && *before_end >= start
+        {
+            start = *before_start;
+            end = end.max(*before_end);
+        }
+        let merged: Vec<u64> = self
+            .0
+            .range(start..=end)
+            .map(|(range_start, _)| *range_start)
+            .collect();
+        for range_start in merged {
+            if let Some(range_end) = self.0.remove(&range_start) {
+                end = end.max(range_end);
+            }
+        }
+        self.0.insert(start, end);
+    }
+
+    /// Forgets everything at or past `len` (the file was cut there).
+    fn truncate(&mut self, len: u64) {
+        self.0.retain(|start, _| *start < len);
+        for end in self.0.values_mut() {
+            *end = (*end).min(len);
+        }
+    }
 }
 
 impl ZeroAheadFile {
@@ -65,15 +121,16 @@ impl ZeroAheadFile {
             .truncate(false)
             .open(path)?;
         let zeros = file.try_clone()?;
-        let frontier = file.metadata()?.len();
+        let len = file.metadata()?.len();
         let inner = FileBackend::new(file).map_err(io::Error::other)?;
         Ok(Self {
             inner,
             file: zeros,
             ahead,
-            written: Mutex::new(Written {
-                frontier,
-                beyond: BTreeMap::new(),
+            written: Mutex::new({
+                let mut written = Written::default();
+                written.insert(0, len);
+                written
             }),
         })
     }
@@ -81,35 +138,6 @@ impl ZeroAheadFile {
     fn written(&self) -> MutexGuard<'_, Written> {
         // Plain bookkeeping, valid whatever panicked while it was held.
         self.written.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Writes zeros from the frontier up to `target` (further if a remembered range reaches past
-    /// it), stepping over the ranges written beyond the frontier, and moves the frontier there.
-    fn fill(&self, written: &mut Written, mut target: u64) -> io::Result<()> {
-        let mut at = written.frontier;
-        while at < target {
-            let next = written
-                .beyond
-                .range(..target)
-                .next()
-                .map(|(start, end)| (*start, *end));
-            match next {
-                Some((start, end)) => {
-                    if start > at {
-                        write_zeros(&self.file, at, start)?;
-                    }
-                    at = at.max(end);
-                    target = target.max(end);
-                    written.beyond.remove(&start);
-                }
-                None => {
-                    write_zeros(&self.file, at, target)?;
-                    at = target;
-                }
-            }
-        }
-        written.frontier = at;
-        Ok(())
     }
 }
 
@@ -137,11 +165,7 @@ impl StorageBackend for ZeroAheadFile {
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
         let mut written = self.written();
         self.inner.set_len(len)?;
-        written.frontier = written.frontier.min(len);
-        written.beyond.retain(|start, _| *start < len);
-        for end in written.beyond.values_mut() {
-            *end = (*end).min(len);
-        }
+        written.truncate(len);
         Ok(())
     }
 
@@ -152,18 +176,18 @@ impl StorageBackend for ZeroAheadFile {
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
         let mut written = self.written();
         let end = offset.saturating_add(data.len() as u64);
-        if end > written.frontier {
-            if offset > written.frontier.saturating_add(self.ahead) {
-                let known = written.beyond.entry(offset).or_insert(end);
-                *known = (*known).max(end);
-            } else {
-                let file_len = self.inner.len()?;
-                let ahead = end
-                    .div_ceil(self.ahead)
-                    .saturating_add(1)
-                    .saturating_mul(self.ahead);
-                self.fill(&mut written, ahead.min(file_len).max(end))?;
+        if !written.covers(offset, end) {
+            let file_len = self.inner.len()?;
+            let from = offset / self.ahead * self.ahead;
+            let to = end
+                .div_ceil(self.ahead)
+                .saturating_add(1)
+                .saturating_mul(self.ahead);
+            let to = to.min(file_len).max(end);
+            for (gap_start, gap_end) in written.gaps(from, to) {
+                write_zeros(&self.file, gap_start, gap_end)?;
             }
+            written.insert(from, to);
         }
         self.inner.write(offset, data)
     }
@@ -238,6 +262,33 @@ mod tests {
             bytes[3 * PAGE as usize..4 * PAGE as usize]
                 .iter()
                 .all(|byte| *byte == 7)
+        );
+    }
+
+    #[test]
+    fn a_write_far_ahead_gets_zeros_around_it_not_up_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let file = ZeroAheadFile::open_with_ahead(&path, 16 * PAGE).unwrap();
+        file.set_len(1024 * PAGE).unwrap();
+        file.write(1000 * PAGE, &[9; PAGE as usize]).unwrap();
+        // Pages 992..1024 (the file ends there), not the 992 pages below them.
+        let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(
+            (32 * PAGE..=64 * PAGE).contains(&allocated),
+            "{allocated} bytes allocated"
+        );
+        file.write(998 * PAGE, &[8; PAGE as usize]).unwrap();
+        let bytes = contents(&path);
+        assert!(
+            bytes[998 * PAGE as usize..999 * PAGE as usize]
+                .iter()
+                .all(|byte| *byte == 8)
+        );
+        assert!(
+            bytes[1000 * PAGE as usize..1001 * PAGE as usize]
+                .iter()
+                .all(|byte| *byte == 9)
         );
     }
 
