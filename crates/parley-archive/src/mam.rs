@@ -597,6 +597,14 @@ fn query_form() -> Element {
     query
 }
 
+/// Where a MAM copy's message is kept.
+enum Stored {
+    /// In chain entry `seq`: its stored bytes, None when the entry was purged.
+    Entry { seq: u64, bytes: Option<Vec<u8>> },
+    /// In the copy's own payload (copies written before they referred to the chain).
+    Inline,
+}
+
 /// One page of the result set.
 struct Page {
     records: Vec<ArchiveRecord>,
@@ -803,16 +811,9 @@ impl Inner {
         }))
     }
 
-    /// The records whose message was sent by or to exactly the full JID `exact`, by the
-    /// addresses in its chain entry (or in the stanza a copy carries itself).
-    async fn to_or_from(
-        &self,
-        records: Vec<ArchiveRecord>,
-        exact: &str,
-    ) -> Result<Vec<ArchiveRecord>, StorageError> {
-        if records.is_empty() {
-            return Ok(records);
-        }
+    /// Where each record's message is kept: the chain entry its payload refers to (all of them
+    /// read at once), or the stanza the payload carries itself.
+    async fn stored_messages(&self, records: &[ArchiveRecord]) -> Result<Vec<Stored>, StorageError> {
         let references: Vec<Option<u64>> = records
             .iter()
             .map(|record| parse_entry_reference(&record.payload))
@@ -823,6 +824,29 @@ impl Inner {
             .get_many(Space::Compliance, CHAIN_OWNER, &keys)
             .await?
             .into_iter();
+        Ok(references
+            .into_iter()
+            .map(|reference| match reference {
+                Some(seq) => Stored::Entry {
+                    seq,
+                    bytes: entries.next().flatten(),
+                },
+                None => Stored::Inline,
+            })
+            .collect())
+    }
+
+    /// The records whose message was sent by or to exactly the full JID `exact`, by the
+    /// addresses in its chain entry (or in the stanza a copy carries itself).
+    async fn to_or_from(
+        &self,
+        records: Vec<ArchiveRecord>,
+        exact: &str,
+    ) -> Result<Vec<ArchiveRecord>, StorageError> {
+        if records.is_empty() {
+            return Ok(records);
+        }
+        let stored = self.stored_messages(&records).await?;
         let same = |address: Option<&str>| {
             address
                 .and_then(|address| Jid::new(address).ok())
@@ -831,16 +855,16 @@ impl Inner {
                 == Some(exact)
         };
         let mut kept = Vec::with_capacity(records.len());
-        for (record, reference) in records.into_iter().zip(references) {
-            let matches = match reference {
-                Some(_) => match entries.next().flatten().map(|bytes| Entry::from_bytes(&bytes)) {
+        for (record, stored) in records.into_iter().zip(stored) {
+            let matches = match stored {
+                Stored::Entry { bytes, .. } => match bytes.map(|bytes| Entry::from_bytes(&bytes)) {
                     Some(Ok(Entry {
                         body: Body::Message(message),
                         ..
                     })) => same(Some(&message.from)) || same(Some(&message.to)),
                     _ => false,
                 },
-                None => std::str::from_utf8(&record.payload)
+                Stored::Inline => std::str::from_utf8(&record.payload)
                     .ok()
                     .and_then(|xml| xml.parse::<Element>().ok())
                     .is_some_and(|stanza| same(stanza.attr("from")) || same(stanza.attr("to"))),
@@ -861,21 +885,12 @@ impl Inner {
         owner: &BareJid,
         records: &[ArchiveRecord],
     ) -> Result<Vec<Option<Element>>, StorageError> {
-        let references: Vec<Option<u64>> = records
-            .iter()
-            .map(|record| parse_entry_reference(&record.payload))
-            .collect();
-        let keys: Vec<String> = references.iter().flatten().map(|seq| seq_key(*seq)).collect();
-        let mut entries = self
-            .kv
-            .get_many(Space::Compliance, CHAIN_OWNER, &keys)
-            .await?
-            .into_iter();
+        let stored = self.stored_messages(records).await?;
         let mut stanzas = Vec::with_capacity(records.len());
-        for (record, reference) in records.iter().zip(references) {
-            let xml = match reference {
-                None => std::str::from_utf8(&record.payload).ok().map(str::to_owned),
-                Some(seq) => match entries.next().flatten() {
+        for (record, stored) in records.iter().zip(stored) {
+            let xml = match stored {
+                Stored::Inline => std::str::from_utf8(&record.payload).ok().map(str::to_owned),
+                Stored::Entry { seq, bytes } => match bytes {
                     None => {
                         tracing::debug!(%owner, id = record.id, seq, "MAM copy of a purged chain entry; skipped");
                         stanzas.push(None);
@@ -1184,9 +1199,13 @@ mod tests {
 
     /// alice sends `body` to `to` (a full JID reaches a bound resource) one second after the previous message.
     async fn send(fixture: &mut Fixture, to: &str, body: &str) {
+        send_from(fixture, "alice@example.com/phone", to, body).await;
+    }
+
+    async fn send_from(fixture: &mut Fixture, from: &str, to: &str, body: &str) {
         fixture.clock.advance(SECOND);
         let xml = format!(
-            "<message xmlns='jabber:client' from='alice@example.com/phone' to='{to}' type='chat'>\
+            "<message xmlns='jabber:client' from='{from}' to='{to}' type='chat'>\
              <body>{body}</body></message>"
         );
         fixture
@@ -1406,14 +1425,7 @@ mod tests {
         send(&mut fixture, "bob@example.com/desk", "d1").await;
         send(&mut fixture, "bob@example.com/phone", "p1").await;
         send(&mut fixture, "bob@example.com", "bare1").await;
-        fixture.clock.advance(SECOND);
-        let from_desk = "<message xmlns='jabber:client' from='bob@example.com/desk' \
-                         to='alice@example.com' type='chat'><body>d2</body></message>";
-        fixture
-            .router
-            .submit(Stanza::from_element(from_desk.parse().unwrap()).unwrap())
-            .await;
-        drain(&mut fixture.alice);
+        send_from(&mut fixture, "bob@example.com/desk", "alice@example.com", "d2").await;
         send(&mut fixture, "carol@example.com/desk", "c1").await;
 
         // XEP-0313 §4.1.1: a bare JID matches every resource of it, a full JID only itself,

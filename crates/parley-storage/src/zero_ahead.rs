@@ -245,51 +245,57 @@ mod tests {
         std::fs::read(path).unwrap()
     }
 
-    #[test]
-    fn writes_near_the_frontier_fill_the_hole_before_them_with_zeros() {
+    /// A new file of `pages` pages (a hole), in a temp dir that lives as long as the result.
+    fn new_file(ahead: u64, pages: u64) -> (tempfile::TempDir, std::path::PathBuf, ZeroAheadFile) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let file = ZeroAheadFile::open_with_ahead(&path, 16 * PAGE).unwrap();
-        file.set_len(256 * PAGE).unwrap();
+        let file = ZeroAheadFile::open_with_ahead(&path, ahead).unwrap();
+        file.set_len(pages * PAGE).unwrap();
+        (dir, path, file)
+    }
+
+    /// Bytes of disk the file occupies.
+    fn allocated(path: &Path) -> u64 {
+        std::fs::metadata(path).unwrap().blocks() * 512
+    }
+
+    /// Whether page `page` of `bytes` holds `value` throughout.
+    fn page_holds(bytes: &[u8], page: u64, value: u8) -> bool {
+        bytes[(page * PAGE) as usize..((page + 1) * PAGE) as usize]
+            .iter()
+            .all(|byte| *byte == value)
+    }
+
+    #[test]
+    fn writes_near_the_frontier_fill_the_hole_before_them_with_zeros() {
+        let (_dir, path, file) = new_file(16 * PAGE, 256);
         file.write(3 * PAGE, &[7; PAGE as usize]).unwrap();
         // Up to 16 pages past the write, rounded to 16-page units, is written now: no hole left
         // where the next pages of a growing file go.
-        let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
-        assert!(allocated >= 32 * PAGE, "{allocated} bytes allocated");
-        let bytes = contents(&path);
-        assert!(bytes[..3 * PAGE as usize].iter().all(|byte| *byte == 0));
         assert!(
-            bytes[3 * PAGE as usize..4 * PAGE as usize]
-                .iter()
-                .all(|byte| *byte == 7)
+            allocated(&path) >= 32 * PAGE,
+            "{} bytes allocated",
+            allocated(&path)
         );
+        let bytes = contents(&path);
+        assert!((0..3).all(|page| page_holds(&bytes, page, 0)));
+        assert!(page_holds(&bytes, 3, 7));
     }
 
     #[test]
     fn a_write_far_ahead_gets_zeros_around_it_not_up_to_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let file = ZeroAheadFile::open_with_ahead(&path, 16 * PAGE).unwrap();
-        file.set_len(1024 * PAGE).unwrap();
+        let (_dir, path, file) = new_file(16 * PAGE, 1024);
         file.write(1000 * PAGE, &[9; PAGE as usize]).unwrap();
         // Pages 992..1024 (the file ends there), not the 992 pages below them.
-        let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
+        let allocated = allocated(&path);
         assert!(
             (32 * PAGE..=64 * PAGE).contains(&allocated),
             "{allocated} bytes allocated"
         );
         file.write(998 * PAGE, &[8; PAGE as usize]).unwrap();
         let bytes = contents(&path);
-        assert!(
-            bytes[998 * PAGE as usize..999 * PAGE as usize]
-                .iter()
-                .all(|byte| *byte == 8)
-        );
-        assert!(
-            bytes[1000 * PAGE as usize..1001 * PAGE as usize]
-                .iter()
-                .all(|byte| *byte == 9)
-        );
+        assert!(page_holds(&bytes, 998, 8));
+        assert!(page_holds(&bytes, 1000, 9));
     }
 
     #[test]
