@@ -270,7 +270,7 @@ struct MamQuery {
     with: Option<String>,
     /// The `with` field when it names a full JID: only messages to or from exactly that JID
     /// match (XEP-0313 §4.1.1), which the records are checked against one by one.
-    with_exact: Option<String>,
+    with_exact: Option<Jid>,
     start: Option<i64>,
     end: Option<i64>,
     /// The `after-id`/`before-id` form fields: part of the result set's definition.
@@ -356,10 +356,12 @@ fn bounded_text(element: &Element, what: &str) -> Result<String, StanzaError> {
     Ok(text.trim().to_owned())
 }
 
+/// A JID from a form or a preference list; `jid-malformed` if it is none.
 fn parse_jid(text: &str) -> Result<Jid, StanzaError> {
     Jid::new(text).map_err(|_| error(StanzaErrorCondition::JidMalformed, "Not a valid JID"))
 }
 
+/// A JID as its bare form (the archive keys on bare JIDs).
 fn parse_bare(text: &str) -> Result<String, StanzaError> {
     Ok(parse_jid(text)?.to_bare().to_string())
 }
@@ -382,7 +384,6 @@ fn parse_datetime(text: &str) -> Result<i64, StanzaError> {
     })
 }
 
-/// A JID from a form or a preference list, as its bare form (the archive keys on bare JIDs).
 fn parse_query(payload: &Element, options: &MamOptions) -> Result<MamQuery, StanzaError> {
     let mut query = MamQuery {
         max: options.default_page.min(options.max_page),
@@ -462,7 +463,7 @@ fn parse_form(form: &Element, query: &mut MamQuery) -> Result<(), StanzaError> {
             "with" => {
                 let jid = parse_jid(&value)?;
                 query.with = Some(jid.to_bare().to_string());
-                query.with_exact = jid.resource().is_some().then(|| jid.to_string());
+                query.with_exact = jid.resource().is_some().then_some(jid);
             }
             "start" => query.start = Some(parse_datetime(&value)?),
             "end" => query.end = Some(parse_datetime(&value)?),
@@ -665,7 +666,7 @@ impl Inner {
         owner: &str,
         query: &ArchiveQuery,
         visibility: &Visibility,
-        exact: Option<&str>,
+        exact: Option<&Jid>,
     ) -> Result<Page, StorageError> {
         let limit = query.limit;
         if limit == 0 {
@@ -727,7 +728,7 @@ impl Inner {
         owner: &str,
         query: &ArchiveQuery,
         visibility: &Visibility,
-        exact: Option<&str>,
+        exact: Option<&Jid>,
         wanted: usize,
     ) -> Result<(Vec<ArchiveRecord>, bool), StorageError> {
         let mut cursor = query.clone();
@@ -777,7 +778,7 @@ impl Inner {
         owner: &str,
         query: &ArchiveQuery,
         visibility: &Visibility,
-        exact: Option<&str>,
+        exact: Option<&Jid>,
     ) -> Result<Option<u64>, StorageError> {
         if query.after_id.is_some() || query.before_id.is_some() || exact.is_some() {
             // Storage counts ignore id bounds and know no resources: count by reading.
@@ -841,18 +842,14 @@ impl Inner {
     async fn to_or_from(
         &self,
         records: Vec<ArchiveRecord>,
-        exact: &str,
+        exact: &Jid,
     ) -> Result<Vec<ArchiveRecord>, StorageError> {
         if records.is_empty() {
             return Ok(records);
         }
         let stored = self.stored_messages(&records).await?;
         let same = |address: Option<&str>| {
-            address
-                .and_then(|address| Jid::new(address).ok())
-                .map(|jid| jid.to_string())
-                .as_deref()
-                == Some(exact)
+            address.and_then(|address| Jid::new(address).ok()).as_ref() == Some(exact)
         };
         let mut kept = Vec::with_capacity(records.len());
         for (record, stored) in records.into_iter().zip(stored) {
@@ -946,7 +943,7 @@ impl Inner {
         }
         let result_set = request.result_set();
         let (page, count) = if request.ids.is_empty() {
-            let exact = request.with_exact.as_deref();
+            let exact = request.with_exact.as_ref();
             let page = self
                 .page(owner_key, &request.window(), &visibility, exact)
                 .await
