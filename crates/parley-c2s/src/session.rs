@@ -130,10 +130,10 @@ fn channel_binding(tls: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<V
 }
 
 /// Runs a negotiation phase under the pre-authentication deadline; on failure the peer gets
-/// the stream error and the stream is closed.
+/// the stream error (from this server's domain) and the stream is closed.
 async fn negotiate<S, T, F>(
     conn: &mut Conn<S>,
-    domain: &str,
+    ctx: &C2sContext,
     deadline: Instant,
     phase: F,
 ) -> Result<T, ConnError>
@@ -151,7 +151,8 @@ where
         )),
     };
     if let Err(ConnError::Stream(error)) = &result {
-        conn.send_error_and_close(error, domain).await;
+        conn.send_error_and_close(error, ctx.settings.domain.as_str())
+            .await;
     }
     result
 }
@@ -282,7 +283,7 @@ async fn starttls(
     deadline: Instant,
 ) -> Result<BoundSession, ConnError> {
     let mut conn = Conn::new(tcp, ctx.settings.limits);
-    let upgrade = negotiate(&mut conn, ctx.settings.domain.as_str(), deadline, async |conn| {
+    let upgrade = negotiate(&mut conn, ctx, deadline, async |conn| {
         let mut features = Element::builder("features", ns::STREAM)
             .append(starttls_feature(ctx.settings.require_starttls))
             .build();
@@ -339,7 +340,7 @@ async fn secured<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     binding: Option<Vec<u8>>,
 ) -> Result<BoundSession, ConnError> {
     let sasl = sasl_context(ctx, secure, binding);
-    negotiate(&mut conn, ctx.settings.domain.as_str(), deadline, async |conn| {
+    negotiate(&mut conn, ctx, deadline, async |conn| {
         let features = Element::builder("features", ns::STREAM)
             .append(mechanisms_feature(&offered(ctx, &sasl)))
             .build();
@@ -357,7 +358,7 @@ async fn authenticate_and_run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static
     sasl: SaslContext,
     first_auth: Option<Element>,
 ) -> Result<BoundSession, ConnError> {
-    let localpart = negotiate(&mut conn, ctx.settings.domain.as_str(), deadline, async |conn| {
+    let localpart = negotiate(&mut conn, ctx, deadline, async |conn| {
         authenticate(conn, ctx, sasl, first_auth).await
     })
     .await?;
@@ -373,7 +374,7 @@ async fn authenticate_and_run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static
     let control = Arc::new(SessionControl::with_byte_budget(
         ctx.settings.outbound_queue_bytes,
     ));
-    let (jid, id, lang) = negotiate(&mut conn, ctx.settings.domain.as_str(), deadline, async |conn| {
+    let (jid, id, lang) = negotiate(&mut conn, ctx, deadline, async |conn| {
         let mut features = Element::builder("features", ns::STREAM)
             .append(Element::bare("bind", ns::BIND))
             .append(
