@@ -139,6 +139,9 @@ cmd_start() {
     ensure_installed
     if pid=$(running_pid); then echo "prosody.sh: already running (pid $pid)" >&2; return 0; fi
     write_config
+    # Every run starts with an empty message archive, as Parley's and ejabberd's do: Prosody's
+    # file store appends to per-user files, so a store kept from earlier runs slows it down.
+    rm -rf "$RUN_DIR"/data/*/archive "$RUN_DIR"/data/*/archive_cleanup
     # One descriptor per session: lift the soft limit to the hard one for the server.
     ulimit -n "$(ulimit -Hn)"
     prosody --config "$RUN_DIR/prosody.cfg.lua" -F >>"$RUN_DIR/stdout.log" 2>&1 &
