@@ -247,6 +247,28 @@ async fn admin_api_serves_health_metrics_and_the_archive_to_admins_only() {
     assert!(log.body.contains("\"actor\":\"carla@localhost\""), "{}", log.body);
     assert!(log.body.contains("\"action\":\"search\""), "{}", log.body);
     assert!(log.body.contains("\"action\":\"export:csv\""), "{}", log.body);
+    let whole: serde_json::Value = serde_json::from_str(&log.body).expect("JSON");
+    assert_eq!(
+        whole["next_before"],
+        serde_json::Value::Null,
+        "everything fit: {}",
+        log.body
+    );
+    // Paging, one entry at a time, walks the same log newest first.
+    let mut paged = Vec::new();
+    let mut path = "/archive/access-log?limit=1".to_owned();
+    loop {
+        let page = request(addr, "GET", &path, ADMIN, None).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let page: serde_json::Value = serde_json::from_str(&page.body).expect("JSON");
+        paged.extend(page["entries"].as_array().expect("entries").iter().cloned());
+        let Some(next) = page["next_before"].as_u64() else {
+            break;
+        };
+        path = format!("/archive/access-log?limit=1&before={next}");
+        assert!(paged.len() <= 100, "paging ends");
+    }
+    assert_eq!(paged, *whole["entries"].as_array().expect("entries"));
 
     let verified = request(addr, "GET", "/archive/verify", ADMIN, None).await;
     assert_eq!(verified.status, 200, "{}", verified.body);

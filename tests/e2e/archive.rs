@@ -109,7 +109,7 @@ async fn chats_are_archived_and_stamped_with_the_recipients_stanza_id() {
     let verified = archive.verify().await.expect("verify");
     assert!(verified.is_intact(), "{verified}");
     assert_eq!(verified.messages, 2);
-    let log = archive.access_log(10).await.expect("access log");
+    let log = archive.access_log(10, None).await.expect("access log");
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].actor, "e2e");
     alice.logout().await;
@@ -519,4 +519,24 @@ async fn every_delivered_message_survives_a_sigkill_and_the_chain_verifies() {
         ok && log.contains("export:jsonl") && log.contains("\tsearch\t"),
         "{log}"
     );
+    // Page by page, newest first, the same lines.
+    let mut paged = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let mut args = vec!["access-log", "--limit", "1"];
+        if let Some(seq) = &before {
+            args.extend(["--before", seq.as_str()]);
+        }
+        let (ok, page) = server.archive(&args);
+        assert!(ok, "{page}");
+        let Some(line) = page.lines().next() else { break };
+        let seq = line
+            .split('\t')
+            .next()
+            .and_then(|number| number.strip_prefix('#'));
+        before = Some(seq.unwrap_or_else(|| panic!("a #number in {line:?}")).to_owned());
+        paged.push(line.to_owned());
+        assert!(paged.len() <= 100, "paging ends");
+    }
+    assert_eq!(paged, log.lines().collect::<Vec<_>>());
 }

@@ -396,16 +396,33 @@ impl ComplianceArchive {
     }
 
     /// The newest `limit` (≤ [`MAX_LISTED`]) entries of the access log, newest first: the
-    /// searches and exports an auditor asks about are usually the recent ones.
-    pub async fn access_log(&self, limit: usize) -> Result<Vec<AccessLogEntry>, ArchiveError> {
+    /// searches and exports an auditor asks about are usually the recent ones. With `before`,
+    /// only entries with a smaller sequence number: the next page is the one before the last
+    /// entry listed, so the whole log can be read however long it is.
+    pub async fn access_log(
+        &self,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<Vec<AccessLogEntry>, ArchiveError> {
         let limit = limit.min(MAX_LISTED);
         let head = self.head().await?;
-        // The index is keyed by sequence number: walk its blocks down from the head's.
+        let newest = match before {
+            Some(0) => return Ok(Vec::new()),
+            Some(before) => (before - 1).min(head.seq),
+            None => head.seq,
+        };
+        // The index is keyed by sequence number: walk its blocks down from the newest's.
         let mut listed = Vec::new();
-        let mut block = head.seq / entry::BLOCK_SIZE;
+        let mut block = newest / entry::BLOCK_SIZE;
         while listed.len() < limit {
             let found = BlockScan::block_of(self.kv.as_ref(), Space::Meta, ACCESS_OWNER, block).await?;
-            listed.extend(found.into_iter().rev().take(limit - listed.len()));
+            listed.extend(
+                found
+                    .into_iter()
+                    .rev()
+                    .filter(|(key, _)| parse_seq_key(key).is_none_or(|seq| seq <= newest))
+                    .take(limit - listed.len()),
+            );
             let Some(below) = block.checked_sub(1) else { break };
             block = below;
         }

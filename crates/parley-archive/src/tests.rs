@@ -806,7 +806,7 @@ async fn search_filters_counts_and_logs_access() {
         Err(ArchiveError::Invalid(_))
     ));
 
-    let log = archive.access_log(100).await.unwrap();
+    let log = archive.access_log(100, None).await.unwrap();
     assert_eq!(log.len(), 4, "{log:?}");
     assert!(
         log.windows(2).all(|pair| pair[0].seq > pair[1].seq),
@@ -817,8 +817,25 @@ async fn search_filters_counts_and_logs_access() {
     assert_eq!(oldest.action, "search");
     assert_eq!(log[2].count, 2);
     assert_eq!(log[2].filter["keyword"], "quarterly numbers");
-    let newest_two = archive.access_log(2).await.unwrap();
+    let newest_two = archive.access_log(2, None).await.unwrap();
     assert_eq!(newest_two, log[..2], "a limit keeps the newest");
+    let next_page = archive.access_log(2, Some(newest_two[1].seq)).await.unwrap();
+    assert_eq!(
+        next_page,
+        log[2..],
+        "the page before the second entry is the other two"
+    );
+    assert_eq!(
+        archive.access_log(10, Some(log[3].seq)).await.unwrap(),
+        [],
+        "nothing is older than the oldest"
+    );
+    assert_eq!(archive.access_log(10, Some(0)).await.unwrap(), []);
+    assert_eq!(
+        archive.access_log(10, Some(u64::MAX)).await.unwrap(),
+        log,
+        "a bound past the head lists from the newest"
+    );
     assert!(archive.verify().await.unwrap().is_intact());
 }
 
@@ -932,12 +949,42 @@ async fn exports_parse_with_real_readers_and_match_their_manifest() {
     );
     assert_eq!(manifest.first_message_at.as_deref(), Some(rfc3339(T0).as_str()));
 
-    let log = fixture.archive.access_log(10).await.unwrap();
+    let log = fixture.archive.access_log(10, None).await.unwrap();
     let actions: Vec<&str> = log.iter().map(|entry| entry.action.as_str()).collect();
     assert_eq!(
         actions,
         ["export:mbox", "export:eml", "export:jsonl", "export:csv"],
         "newest first"
+    );
+}
+
+/// Pages of the access log reach entries in older blocks of the chain's index.
+#[tokio::test]
+async fn the_access_log_pages_back_across_index_blocks() {
+    let fixture = search_fixture().await;
+    let everything = SearchFilter::default();
+    fixture.archive.search("first", &everything, 1).await.unwrap();
+    let head = fixture.archive.head().await.unwrap().seq;
+    for n in 0..entry::BLOCK_SIZE {
+        record(
+            &fixture,
+            "alice@example.com/a",
+            "bob@example.com",
+            &format!("filler {n}"),
+        )
+        .await;
+    }
+    fixture.archive.search("second", &everything, 1).await.unwrap();
+    assert!(fixture.archive.head().await.unwrap().seq / entry::BLOCK_SIZE > head / entry::BLOCK_SIZE);
+
+    let newest = fixture.archive.access_log(1, None).await.unwrap();
+    assert_eq!(newest[0].actor, "second");
+    let older = fixture.archive.access_log(1, Some(newest[0].seq)).await.unwrap();
+    assert_eq!(older.len(), 1);
+    assert_eq!(older[0].actor, "first", "found in the block before");
+    assert_eq!(
+        fixture.archive.access_log(1, Some(older[0].seq)).await.unwrap(),
+        []
     );
 }
 
@@ -952,7 +999,7 @@ async fn a_failed_export_is_on_record_too() {
         .export("officer", &everything, ExportFormat::Csv, out.path())
         .await;
     assert!(matches!(failed, Err(ArchiveError::Io(_))), "{failed:?}");
-    let log = fixture.archive.access_log(1).await.unwrap();
+    let log = fixture.archive.access_log(1, None).await.unwrap();
     assert_eq!(log[0].action, "export:csv:failed");
     assert_eq!((log[0].actor.as_str(), log[0].count), ("officer", 0));
     assert!(fixture.archive.verify().await.unwrap().is_intact());

@@ -436,20 +436,32 @@ async fn export(
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct ListParams {
+struct AccessLogParams {
     limit: Option<usize>,
+    /// Only entries with a smaller sequence number (the previous page's `next_before`).
+    before: Option<u64>,
 }
 
 async fn access_log(
     State(state): State<Arc<AdminState>>,
     headers: HeaderMap,
-    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+    params: Result<Query<AccessLogParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers).await?;
     let Query(params) = params.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
     let limit = params.limit.unwrap_or(parley_archive::MAX_LISTED);
-    let entries = state.archive.access_log(limit).await?;
-    Ok(Json(serde_json::json!({ "count": entries.len(), "entries": entries })).into_response())
+    let entries = state.archive.access_log(limit, params.before).await?;
+    // A full page may have older entries behind it: say where the next page starts.
+    let next_before = entries
+        .last()
+        .filter(|_| entries.len() == limit.min(parley_archive::MAX_LISTED))
+        .map(|oldest| oldest.seq);
+    Ok(Json(serde_json::json!({
+        "count": entries.len(),
+        "entries": entries,
+        "next_before": next_before,
+    }))
+    .into_response())
 }
 
 async fn list_holds(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Result<Response, ApiError> {

@@ -65,6 +65,9 @@ pub enum ArchiveCommand {
         /// Most entries listed.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
+        /// Only entries older than this one (the `#` number of the last entry of the page before).
+        #[arg(long)]
+        before: Option<u64>,
     },
 }
 
@@ -297,8 +300,8 @@ pub async fn run(config: &Config, command: ArchiveCommand) -> anyhow::Result<()>
                 }
             }
         },
-        ArchiveCommand::AccessLog { limit } => {
-            for entry in archive.access_log(limit).await? {
+        ArchiveCommand::AccessLog { limit, before } => {
+            for entry in archive.access_log(limit, before).await? {
                 println!(
                     "#{}\t{}\t{}\t{}\t{} messages\t{}",
                     entry.seq,
