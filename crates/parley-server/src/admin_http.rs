@@ -23,6 +23,7 @@ use parley_archive::{ArchiveError, ComplianceArchive, ExportFormat, SearchFilter
 use parley_directory::{AuthOutcome, Directory};
 use parley_proto::{Stanza, StanzaKind};
 use parley_router::{Hook, HookHandler, HookOutcome, Module, Registry, Router};
+use parley_storage::{CommitTimesSnapshot, Store};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -97,6 +98,8 @@ pub struct AdminState {
     pub router: Router,
     pub directory: Arc<dyn Directory>,
     pub archive: Arc<ComplianceArchive>,
+    /// For its commit times in the metrics.
+    pub store: Arc<dyn Store>,
     pub counters: Arc<StanzaCounters>,
     /// Each export goes to a new directory below this one.
     pub export_root: PathBuf,
@@ -249,6 +252,18 @@ fn resident_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// A Prometheus histogram: cumulative buckets, `+Inf`, sum and count.
+fn write_histogram(text: &mut String, name: &str, help: &str, histogram: &CommitTimesSnapshot) {
+    use std::fmt::Write;
+    let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (bound, count) in &histogram.buckets {
+        let _ = writeln!(text, "{name}_bucket{{le=\"{bound}\"}} {count}");
+    }
+    let _ = writeln!(text, "{name}_bucket{{le=\"+Inf\"}} {}", histogram.count);
+    let _ = writeln!(text, "{name}_sum {}", histogram.sum_seconds);
+    let _ = writeln!(text, "{name}_count {}", histogram.count);
+}
+
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     use std::fmt::Write;
     let mut text = String::new();
@@ -298,6 +313,14 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
             "Resident set size of the server process.",
             "gauge",
             &[(None, rss)],
+        );
+    }
+    if let Some(times) = state.store.commit_times() {
+        write_histogram(
+            &mut text,
+            "parley_storage_commit_seconds",
+            "Durable commits of the store (group commits, fsync included); every accepted message waits for one.",
+            &times,
         );
     }
     (
@@ -620,6 +643,23 @@ mod tests {
         counters.count(StanzaKind::Message);
         counters.count(StanzaKind::Iq);
         assert_eq!(counters.snapshot(), [("message", 2), ("presence", 0), ("iq", 1)]);
+    }
+
+    #[test]
+    fn histograms_are_written_in_the_prometheus_text_format() {
+        let histogram = CommitTimesSnapshot {
+            buckets: vec![(0.00025, 3), (0.001, 5)],
+            count: 6,
+            sum_seconds: 2.5,
+        };
+        let mut text = String::new();
+        write_histogram(&mut text, "x_seconds", "Help.", &histogram);
+        assert_eq!(
+            text,
+            "# HELP x_seconds Help.\n# TYPE x_seconds histogram\n\
+             x_seconds_bucket{le=\"0.00025\"} 3\nx_seconds_bucket{le=\"0.001\"} 5\n\
+             x_seconds_bucket{le=\"+Inf\"} 6\nx_seconds_sum 2.5\nx_seconds_count 6\n"
+        );
     }
 
     #[test]

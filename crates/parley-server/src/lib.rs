@@ -248,6 +248,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
             router: router.clone(),
             directory: directory.clone(),
             archive: archive.clone(),
+            store: store.clone(),
             counters,
             export_root: config.server.data_dir.join("exports"),
             domain: domain.to_string(),

@@ -11,6 +11,7 @@
 //! layer up, in `parley-archive`.
 
 mod codec;
+mod commit_times;
 #[doc(hidden)]
 pub mod conformance;
 mod memory;
@@ -19,6 +20,7 @@ mod zero_ahead;
 
 use std::sync::Arc;
 
+pub use commit_times::{CommitTimes, CommitTimesSnapshot};
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 
@@ -477,6 +479,12 @@ pub trait Store: KeyValue + Archive {
         batch: WriteBatch,
         appends: Vec<ArchiveAppend>,
     ) -> Result<Committed, StorageError>;
+
+    /// How long this backend's durable commits have taken since it opened; `None` for a
+    /// backend without a disk to wait for.
+    fn commit_times(&self) -> Option<CommitTimesSnapshot> {
+        None
+    }
 }
 
 /// Checks every size bound of a combined commit before anything is queued.

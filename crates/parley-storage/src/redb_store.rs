@@ -112,8 +112,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::codec::{self, OwnerStats};
 use crate::zero_ahead::ZeroAheadFile;
 use crate::{
-    Archive, ArchiveAppend, ArchivePage, ArchiveQuery, ArchiveRecord, Committed, KeyValue, NewRecord, Space,
-    StorageError, Store, Visible, WriteBatch, WriteOp,
+    Archive, ArchiveAppend, ArchivePage, ArchiveQuery, ArchiveRecord, CommitTimes, CommitTimesSnapshot,
+    Committed, KeyValue, NewRecord, Space, StorageError, Store, Visible, WriteBatch, WriteOp,
 };
 
 type Bytes = &'static [u8];
@@ -459,6 +459,7 @@ pub struct RedbStore {
     progress: Arc<IndexProgress>,
     writer: Option<JoinHandle<()>>,
     indexer: Option<JoinHandle<()>>,
+    commit_times: Arc<CommitTimes>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -497,7 +498,7 @@ impl RedbStore {
         let indexer_marks = Arc::clone(&watermarks);
         let indexer_progress = Arc::clone(&progress);
         let indexer = std::thread::Builder::new()
-            .name("parley-storage-indexer".into())
+            .name("parley-indexer".into())
             .spawn(move || {
                 let _stops = StopsIndexProgress(&indexer_progress);
                 run_indexer(
@@ -514,13 +515,16 @@ impl RedbStore {
         let writer_db = Arc::clone(&db);
         let writer_index_jobs = index_jobs.clone();
         let writer_progress = Arc::clone(&progress);
+        let commit_times = Arc::new(CommitTimes::default());
+        let writer_commit_times = Arc::clone(&commit_times);
         let writer = std::thread::Builder::new()
-            .name("parley-storage-writer".into())
+            .name("parley-writer".into())
             .spawn(move || {
                 let handover = Handover {
                     jobs: &writer_index_jobs,
                     progress: &writer_progress,
                     watermarks: &watermarks,
+                    commit_times: &writer_commit_times,
                 };
                 run_writer(&writer_db, receiver, last_ids, &handover);
             })?;
@@ -532,6 +536,7 @@ impl RedbStore {
             progress,
             writer: Some(writer),
             indexer: Some(indexer),
+            commit_times,
         })
     }
 
@@ -934,6 +939,7 @@ struct Handover<'a> {
     jobs: &'a std_mpsc::Sender<IndexJob>,
     progress: &'a IndexProgress,
     watermarks: &'a Watermarks,
+    commit_times: &'a CommitTimes,
 }
 
 fn run_writer(
@@ -977,6 +983,7 @@ fn run_writer(
             &visible_receiver,
         );
         let took = started.elapsed();
+        handover.commit_times.record(took);
         if took >= SLOW_COMMIT {
             // Every caller of the group waited this long: the disk or the page cache is the
             // bottleneck, which operators need to see before users do.
@@ -2035,6 +2042,10 @@ impl Store for RedbStore {
         })
         .await
     }
+
+    fn commit_times(&self) -> Option<CommitTimesSnapshot> {
+        Some(self.commit_times.snapshot())
+    }
 }
 
 #[cfg(test)]
@@ -2464,6 +2475,29 @@ mod tests {
                 .await
                 .unwrap(),
             5
+        );
+        store.close().await.unwrap();
+    }
+
+    /// Every durable commit is timed, whoever asked for it.
+    #[tokio::test]
+    async fn durable_commits_are_counted_in_the_commit_times() {
+        let (_dir, store) = temp_store();
+        let before = store.commit_times().expect("redb has commit times").count;
+        let mut batch = WriteBatch::new();
+        batch.put(Space::Roster, "alice", "bob", b"item".to_vec());
+        store.apply(batch).await.unwrap();
+        let record = NewRecord {
+            timestamp_micros: 1,
+            with: "bob".into(),
+            payload: b"hi".to_vec(),
+        };
+        store.append(Space::Mam, "alice", record).await.unwrap();
+        let after = store.commit_times().unwrap();
+        assert_eq!(after.count, before + 2, "{after:?}");
+        assert!(
+            after.sum_seconds > 0.0,
+            "a commit with an fsync takes time: {after:?}"
         );
         store.close().await.unwrap();
     }
