@@ -162,31 +162,38 @@ async fn admin_api_serves_health_metrics_and_the_archive_to_admins_only() {
         "{}",
         metrics.body
     );
-    // The store's durable commits, as a Prometheus histogram: the two messages waited for at
-    // least one, and the buckets only grow up to +Inf, which is the count.
-    let commit_line = |suffix: &str| -> f64 {
-        let prefix = format!("parley_storage_commit_seconds{suffix} ");
-        let line = metrics.body.lines().find(|line| line.starts_with(&prefix));
-        let value = line.and_then(|line| line[prefix.len()..].parse().ok());
-        value.unwrap_or_else(|| panic!("{prefix} in {}", metrics.body))
-    };
-    let count = commit_line("_count");
-    assert!(count >= 1.0, "{}", metrics.body);
-    assert!(commit_line("_sum") > 0.0, "{}", metrics.body);
-    assert_eq!(commit_line("_bucket{le=\"+Inf\"}"), count);
-    let buckets: Vec<f64> = metrics
-        .body
-        .lines()
-        .filter_map(|line| line.strip_prefix("parley_storage_commit_seconds_bucket{le=\""))
-        .map(|rest| {
-            rest.rsplit(' ')
-                .next()
-                .and_then(|value| value.parse().ok())
-                .expect("a count")
-        })
-        .collect();
-    assert_eq!(buckets.len(), 12, "{}", metrics.body);
-    assert!(buckets.windows(2).all(|pair| pair[0] <= pair[1]), "{buckets:?}");
+    // Two histograms in the Prometheus format: the two messages' waits for their records, and
+    // the store's durable commits, at least one for them. Buckets only grow, up to +Inf, which
+    // is the count.
+    for (histogram, least) in [
+        ("parley_archive_record_seconds", 2.0),
+        ("parley_storage_commit_seconds", 1.0),
+    ] {
+        let sample = |suffix: &str| -> f64 {
+            let prefix = format!("{histogram}{suffix} ");
+            let line = metrics.body.lines().find(|line| line.starts_with(&prefix));
+            let value = line.and_then(|line| line[prefix.len()..].parse().ok());
+            value.unwrap_or_else(|| panic!("{prefix} in {}", metrics.body))
+        };
+        let count = sample("_count");
+        assert!(count >= least, "{}", metrics.body);
+        assert!(sample("_sum") > 0.0, "{}", metrics.body);
+        assert_eq!(sample("_bucket{le=\"+Inf\"}"), count);
+        let bucket_prefix = format!("{histogram}_bucket{{le=\"");
+        let buckets: Vec<f64> = metrics
+            .body
+            .lines()
+            .filter_map(|line| line.strip_prefix(bucket_prefix.as_str()))
+            .map(|rest| {
+                rest.rsplit(' ')
+                    .next()
+                    .and_then(|value| value.parse().ok())
+                    .expect("a count")
+            })
+            .collect();
+        assert_eq!(buckets.len(), 12, "{}", metrics.body);
+        assert!(buckets.windows(2).all(|pair| pair[0] <= pair[1]), "{buckets:?}");
+    }
 
     // Without credentials, with wrong ones, and as a non-admin: refused alike for each kind.
     let search_path = "/archive/search?participants=alice@localhost,bob@localhost&keyword=quarterly";

@@ -38,7 +38,10 @@ use std::sync::Arc;
 
 use parley_directory::Directory;
 use parley_proto::BareJid;
-use parley_storage::{Archive, ArchiveQuery, KeyValue, Space, StorageError, Store, WriteBatch};
+use parley_storage::{
+    Archive, ArchiveQuery, KeyValue, LatencyHistogram, LatencySnapshot, Space, StorageError, Store,
+    WriteBatch,
+};
 
 pub use chain::{Appended, ChainWriter, CheckpointPolicy, MAX_BATCH_ENTRIES, Queued};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -155,6 +158,8 @@ pub struct ComplianceArchive {
     options: ArchiveOptions,
     /// One purge at a time: two would compute victims from the same state.
     purge_lock: tokio::sync::Mutex<()>,
+    /// Shared by every stage made here: see [`ComplianceArchive::record_times`].
+    record_times: Arc<LatencyHistogram>,
 }
 
 impl std::fmt::Debug for ComplianceArchive {
@@ -186,12 +191,24 @@ impl ComplianceArchive {
             clock,
             options,
             purge_lock: tokio::sync::Mutex::new(()),
+            record_times: Arc::default(),
         }))
     }
 
     /// The router stage that records into this archive.
     pub fn stage(&self) -> ArchiveStage {
-        ArchiveStage::new(self.domain.clone(), self.chain.clone(), self.clock.clone())
+        ArchiveStage::new(
+            self.domain.clone(),
+            self.chain.clone(),
+            self.clock.clone(),
+            Arc::clone(&self.record_times),
+        )
+    }
+
+    /// How long accepted messages have waited for their record to be durable (the compliance
+    /// stage's share of delivery latency), over every stage made by [`Self::stage`].
+    pub fn record_times(&self) -> LatencySnapshot {
+        self.record_times.snapshot()
     }
 
     /// The chain writer, for appending entries directly (benchmarks, tools).

@@ -1,12 +1,13 @@
 //! [`ArchiveStage`]: the router's fixed compliance stage.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use minidom::Node;
 use parley_proto::{BareJid, Element, Jid, Stanza};
 use parley_router::{Addressee, ComplianceError, ComplianceStage, Recording};
-use parley_storage::{ArchiveAppend, NewRecord, Space};
+use parley_storage::{ArchiveAppend, LatencyHistogram, NewRecord, Space};
 
 use crate::chain::ChainWriter;
 use crate::clock::Clock;
@@ -33,6 +34,8 @@ pub struct ArchiveStage {
     domain: BareJid,
     chain: ChainWriter,
     clock: Arc<dyn Clock>,
+    /// From a message's acceptance to its record being durable: the wait before delivery.
+    record_times: Arc<LatencyHistogram>,
 }
 
 impl std::fmt::Debug for ArchiveStage {
@@ -44,8 +47,18 @@ impl std::fmt::Debug for ArchiveStage {
 }
 
 impl ArchiveStage {
-    pub fn new(domain: BareJid, chain: ChainWriter, clock: Arc<dyn Clock>) -> Self {
-        Self { domain, chain, clock }
+    pub fn new(
+        domain: BareJid,
+        chain: ChainWriter,
+        clock: Arc<dyn Clock>,
+        record_times: Arc<LatencyHistogram>,
+    ) -> Self {
+        Self {
+            domain,
+            chain,
+            clock,
+            record_times,
+        }
     }
 
     /// Whether `bare` is an account of this server (a localpart at our domain).
@@ -65,6 +78,7 @@ impl ComplianceStage for ArchiveStage {
     }
 
     async fn queue(&self, stanza: &mut Stanza, addressee: Addressee) -> Result<Recording, ComplianceError> {
+        let accepted = Instant::now();
         strip_local_stanza_ids(stanza.element_mut(), &self.domain);
         let record = message_record(stanza);
         // Each party's bare JID once: it names the copy's owner and is the other copy's `with`.
@@ -98,8 +112,10 @@ impl ComplianceStage for ArchiveStage {
             .queue_with_references(Body::Message(record), copies)
             .await
             .map_err(|error| ComplianceError(error.to_string()))?;
+        let record_times = Arc::clone(&self.record_times);
         Ok(Box::pin(async move {
             let (_, ids) = queued.await.map_err(|error| ComplianceError(error.to_string()))?;
+            record_times.record(accepted.elapsed());
             // XEP-0359 §3.1: the id of the copy in the receiving archive. The recipient's copy
             // is the last one; a message to oneself has one copy, in the sender's (= receiver's)
             // archive.

@@ -958,6 +958,22 @@ async fn exports_parse_with_real_readers_and_match_their_manifest() {
     );
 }
 
+/// The wait for each message's durable record is counted, for the metrics.
+#[tokio::test]
+async fn each_recorded_message_is_timed() {
+    let fixture = fixture().await;
+    assert_eq!(fixture.archive.record_times().count, 0);
+    record(&fixture, "alice@example.com/a", "bob@example.com", "one").await;
+    record(&fixture, "bob@example.com/b", "alice@example.com", "two").await;
+    let times = fixture.archive.record_times();
+    assert_eq!(times.count, 2, "{times:?}");
+    assert_eq!(
+        times.buckets.last().map(|(_, count)| *count),
+        Some(2),
+        "both within a second: {times:?}"
+    );
+}
+
 /// Pages of the access log reach entries in older blocks of the chain's index.
 #[tokio::test]
 async fn the_access_log_pages_back_across_index_blocks() {

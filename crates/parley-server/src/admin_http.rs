@@ -23,7 +23,7 @@ use parley_archive::{ArchiveError, ComplianceArchive, ExportFormat, SearchFilter
 use parley_directory::{AuthOutcome, Directory};
 use parley_proto::{Stanza, StanzaKind};
 use parley_router::{Hook, HookHandler, HookOutcome, Module, Registry, Router};
-use parley_storage::{CommitTimesSnapshot, Store};
+use parley_storage::{LatencySnapshot, Store};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -253,7 +253,7 @@ fn resident_bytes() -> Option<u64> {
 }
 
 /// A Prometheus histogram: cumulative buckets, `+Inf`, sum and count.
-fn write_histogram(text: &mut String, name: &str, help: &str, histogram: &CommitTimesSnapshot) {
+fn write_histogram(text: &mut String, name: &str, help: &str, histogram: &LatencySnapshot) {
     use std::fmt::Write;
     let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} histogram");
     for (bound, count) in &histogram.buckets {
@@ -315,6 +315,12 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
             &[(None, rss)],
         );
     }
+    write_histogram(
+        &mut text,
+        "parley_archive_record_seconds",
+        "From a message's acceptance until its compliance record is durable; delivery waits for it.",
+        &state.archive.record_times(),
+    );
     if let Some(times) = state.store.commit_times() {
         write_histogram(
             &mut text,
@@ -647,7 +653,7 @@ mod tests {
 
     #[test]
     fn histograms_are_written_in_the_prometheus_text_format() {
-        let histogram = CommitTimesSnapshot {
+        let histogram = LatencySnapshot {
             buckets: vec![(0.00025, 3), (0.001, 5)],
             count: 6,
             sum_seconds: 2.5,

@@ -11,16 +11,16 @@
 //! layer up, in `parley-archive`.
 
 mod codec;
-mod commit_times;
 #[doc(hidden)]
 pub mod conformance;
+mod latency;
 mod memory;
 mod redb_store;
 mod zero_ahead;
 
 use std::sync::Arc;
 
-pub use commit_times::{CommitTimes, CommitTimesSnapshot};
+pub use latency::{LatencyHistogram, LatencySnapshot};
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 
@@ -482,7 +482,7 @@ pub trait Store: KeyValue + Archive {
 
     /// How long this backend's durable commits have taken since it opened; `None` for a
     /// backend without a disk to wait for.
-    fn commit_times(&self) -> Option<CommitTimesSnapshot> {
+    fn commit_times(&self) -> Option<LatencySnapshot> {
         None
     }
 }

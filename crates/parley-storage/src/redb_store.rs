@@ -112,8 +112,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::codec::{self, OwnerStats};
 use crate::zero_ahead::ZeroAheadFile;
 use crate::{
-    Archive, ArchiveAppend, ArchivePage, ArchiveQuery, ArchiveRecord, CommitTimes, CommitTimesSnapshot,
-    Committed, KeyValue, NewRecord, Space, StorageError, Store, Visible, WriteBatch, WriteOp,
+    Archive, ArchiveAppend, ArchivePage, ArchiveQuery, ArchiveRecord, Committed, KeyValue, LatencyHistogram,
+    LatencySnapshot, NewRecord, Space, StorageError, Store, Visible, WriteBatch, WriteOp,
 };
 
 type Bytes = &'static [u8];
@@ -459,7 +459,7 @@ pub struct RedbStore {
     progress: Arc<IndexProgress>,
     writer: Option<JoinHandle<()>>,
     indexer: Option<JoinHandle<()>>,
-    commit_times: Arc<CommitTimes>,
+    commit_times: Arc<LatencyHistogram>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -515,7 +515,7 @@ impl RedbStore {
         let writer_db = Arc::clone(&db);
         let writer_index_jobs = index_jobs.clone();
         let writer_progress = Arc::clone(&progress);
-        let commit_times = Arc::new(CommitTimes::default());
+        let commit_times = Arc::new(LatencyHistogram::default());
         let writer_commit_times = Arc::clone(&commit_times);
         let writer = std::thread::Builder::new()
             .name("parley-writer".into())
@@ -939,7 +939,7 @@ struct Handover<'a> {
     jobs: &'a std_mpsc::Sender<IndexJob>,
     progress: &'a IndexProgress,
     watermarks: &'a Watermarks,
-    commit_times: &'a CommitTimes,
+    commit_times: &'a LatencyHistogram,
 }
 
 fn run_writer(
@@ -2043,7 +2043,7 @@ impl Store for RedbStore {
         .await
     }
 
-    fn commit_times(&self) -> Option<CommitTimesSnapshot> {
+    fn commit_times(&self) -> Option<LatencySnapshot> {
         Some(self.commit_times.snapshot())
     }
 }

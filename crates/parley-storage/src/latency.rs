@@ -1,6 +1,7 @@
-//! [`CommitTimes`]: how long the backend's durable commits take, as a histogram an operator can
-//! scrape. Every accepted message waits for one of these commits before it is delivered, so their
-//! time is the first thing to look at when delivery gets slow (a slow disk, a full page cache).
+//! [`LatencyHistogram`]: how long something took, counted into fixed buckets an operator can
+//! scrape. The store times its durable commits with it, the compliance archive the wait for a
+//! message's record: every accepted message waits for both before it is delivered, so they are
+//! the first thing to look at when delivery gets slow (a slow disk, a full page cache).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -11,26 +12,26 @@ const BOUNDS_MICROS: [u64; 11] = [
     250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
 ];
 
-/// Counts commits by duration; lock-free, so the writer thread pays two atomic adds per commit.
+/// Counts durations by bucket; lock-free, so whoever records pays two atomic adds.
 #[derive(Debug, Default)]
-pub struct CommitTimes {
-    /// Commits per bucket (not cumulative); the last slot is above every bound.
+pub struct LatencyHistogram {
+    /// Durations per bucket (not cumulative); the last slot is above every bound.
     buckets: [AtomicU64; BOUNDS_MICROS.len() + 1],
     sum_micros: AtomicU64,
 }
 
-/// A consistent-enough reading of [`CommitTimes`] for a metrics endpoint.
+/// A consistent-enough reading of [`LatencyHistogram`] for a metrics endpoint.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CommitTimesSnapshot {
-    /// `(upper bound in seconds, commits that took at most that long)`, cumulative, ascending.
+pub struct LatencySnapshot {
+    /// `(upper bound in seconds, how many took at most that long)`, cumulative, ascending.
     pub buckets: Vec<(f64, u64)>,
-    /// Every commit counted.
+    /// Every duration counted.
     pub count: u64,
     /// Their total time, in seconds.
     pub sum_seconds: f64,
 }
 
-impl CommitTimes {
+impl LatencyHistogram {
     pub fn record(&self, took: Duration) {
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         let bucket = BOUNDS_MICROS
@@ -41,7 +42,7 @@ impl CommitTimes {
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
-    pub fn snapshot(&self) -> CommitTimesSnapshot {
+    pub fn snapshot(&self) -> LatencySnapshot {
         let mut cumulative = 0;
         let mut buckets = Vec::with_capacity(BOUNDS_MICROS.len());
         for (bound, slot) in BOUNDS_MICROS.iter().zip(&self.buckets) {
@@ -49,7 +50,7 @@ impl CommitTimes {
             buckets.push((*bound as f64 / 1e6, cumulative));
         }
         let count = cumulative + self.buckets[BOUNDS_MICROS.len()].load(Ordering::Relaxed);
-        CommitTimesSnapshot {
+        LatencySnapshot {
             buckets,
             count,
             sum_seconds: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
@@ -63,7 +64,7 @@ mod tests {
 
     #[test]
     fn commits_land_in_the_first_bucket_that_holds_them_and_buckets_are_cumulative() {
-        let times = CommitTimes::default();
+        let times = LatencyHistogram::default();
         times.record(Duration::from_micros(250)); // on a bound: that bucket
         times.record(Duration::from_micros(251));
         times.record(Duration::from_millis(3));
@@ -88,7 +89,7 @@ mod tests {
 
     #[test]
     fn an_unused_histogram_reads_zero() {
-        let snapshot = CommitTimes::default().snapshot();
+        let snapshot = LatencyHistogram::default().snapshot();
         assert_eq!(snapshot.count, 0);
         assert!(snapshot.buckets.iter().all(|(_, count)| *count == 0));
         assert_eq!(snapshot.sum_seconds, 0.0);
