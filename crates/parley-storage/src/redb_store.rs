@@ -524,9 +524,8 @@ impl RedbStore {
                     jobs: &writer_index_jobs,
                     progress: &writer_progress,
                     watermarks: &watermarks,
-                    commit_times: &writer_commit_times,
                 };
-                run_writer(&writer_db, receiver, last_ids, &handover);
+                run_writer(&writer_db, receiver, last_ids, &handover, &writer_commit_times);
             })?;
         Ok(RedbStore {
             db,
@@ -939,7 +938,6 @@ struct Handover<'a> {
     jobs: &'a std_mpsc::Sender<IndexJob>,
     progress: &'a IndexProgress,
     watermarks: &'a Watermarks,
-    commit_times: &'a LatencyHistogram,
 }
 
 fn run_writer(
@@ -947,6 +945,7 @@ fn run_writer(
     mut receiver: mpsc::Receiver<Job>,
     mut last_ids: HashMap<Space, u64>,
     handover: &Handover<'_>,
+    commit_times: &LatencyHistogram,
 ) {
     let watermarks = handover.watermarks;
     // Journal entries at or below this are gone (0: nothing trimmed yet this run).
@@ -983,7 +982,7 @@ fn run_writer(
             &visible_receiver,
         );
         let took = started.elapsed();
-        handover.commit_times.record(took);
+        commit_times.record(took);
         if took >= SLOW_COMMIT {
             // Every caller of the group waited this long: the disk or the page cache is the
             // bottleneck, which operators need to see before users do.
