@@ -252,35 +252,44 @@ fn resident_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// A Prometheus histogram: cumulative buckets, `+Inf`, sum and count.
-fn write_histogram(text: &mut String, name: &str, help: &str, histogram: &LatencySnapshot) {
-    use std::fmt::Write;
-    let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} histogram");
-    for (bound, count) in &histogram.buckets {
-        let _ = writeln!(text, "{name}_bucket{{le=\"{bound}\"}} {count}");
+/// The Prometheus text format, one metric family after another.
+#[derive(Default)]
+struct MetricsText(String);
+
+impl MetricsText {
+    fn family(&mut self, name: &str, help: &str, kind: &str) {
+        use std::fmt::Write;
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
-    let _ = writeln!(text, "{name}_bucket{{le=\"+Inf\"}} {}", histogram.count);
-    let _ = writeln!(text, "{name}_sum {}", histogram.sum_seconds);
-    let _ = writeln!(text, "{name}_count {}", histogram.count);
+
+    /// A gauge or counter: one sample per optional `(label, value)` pair.
+    fn samples(&mut self, name: &str, help: &str, kind: &str, samples: &[(Option<(&str, &str)>, u64)]) {
+        use std::fmt::Write;
+        self.family(name, help, kind);
+        for (label, value) in samples {
+            let _ = match label {
+                Some((key, label_value)) => writeln!(self.0, "{name}{{{key}=\"{label_value}\"}} {value}"),
+                None => writeln!(self.0, "{name} {value}"),
+            };
+        }
+    }
+
+    /// A histogram: cumulative buckets, `+Inf`, sum and count.
+    fn histogram(&mut self, name: &str, help: &str, histogram: &LatencySnapshot) {
+        use std::fmt::Write;
+        self.family(name, help, "histogram");
+        for (bound, count) in &histogram.buckets {
+            let _ = writeln!(self.0, "{name}_bucket{{le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(self.0, "{name}_bucket{{le=\"+Inf\"}} {}", histogram.count);
+        let _ = writeln!(self.0, "{name}_sum {}", histogram.sum_seconds);
+        let _ = writeln!(self.0, "{name}_count {}", histogram.count);
+    }
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
-    use std::fmt::Write;
-    let mut text = String::new();
-    let mut gauge = |name: &str, help: &str, kind: &str, samples: &[(Option<(&str, &str)>, u64)]| {
-        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (label, value) in samples {
-            match label {
-                Some((key, label_value)) => {
-                    let _ = writeln!(text, "{name}{{{key}=\"{label_value}\"}} {value}");
-                }
-                None => {
-                    let _ = writeln!(text, "{name} {value}");
-                }
-            }
-        }
-    };
-    gauge(
+    let mut text = MetricsText::default();
+    text.samples(
         "parley_sessions_online",
         "Bound client sessions.",
         "gauge",
@@ -292,14 +301,14 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
         .into_iter()
         .map(|(kind, count)| (Some(("kind", kind)), count))
         .collect();
-    gauge(
+    text.samples(
         "parley_stanzas_received_total",
         "Stanzas received from local clients, by kind.",
         "counter",
         &stanzas,
     );
     match state.archive.head().await {
-        Ok(head) => gauge(
+        Ok(head) => text.samples(
             "parley_archive_records",
             "Entries in the compliance archive's chain (messages, holds, purges, access records).",
             "gauge",
@@ -308,22 +317,20 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
         Err(error) => tracing::warn!(%error, "metrics: cannot read the archive head"),
     }
     if let Some(rss) = resident_bytes() {
-        gauge(
+        text.samples(
             "parley_process_resident_memory_bytes",
             "Resident set size of the server process.",
             "gauge",
             &[(None, rss)],
         );
     }
-    write_histogram(
-        &mut text,
+    text.histogram(
         "parley_archive_record_seconds",
         "From a message's acceptance until its compliance record is durable; delivery waits for it.",
         &state.archive.record_times(),
     );
     if let Some(times) = state.store.commit_times() {
-        write_histogram(
-            &mut text,
+        text.histogram(
             "parley_storage_commit_seconds",
             "Durable commits of the store (group commits, fsync included); every accepted message waits for one.",
             &times,
@@ -331,7 +338,7 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        text,
+        text.0,
     )
         .into_response()
 }
@@ -478,12 +485,15 @@ async fn access_log(
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers).await?;
     let Query(params) = params.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
-    let limit = params.limit.unwrap_or(parley_archive::MAX_LISTED);
+    let limit = params
+        .limit
+        .unwrap_or(parley_archive::MAX_LISTED)
+        .min(parley_archive::MAX_LISTED);
     let entries = state.archive.access_log(limit, params.before).await?;
     // A full page may have older entries behind it: say where the next page starts.
     let next_before = entries
         .last()
-        .filter(|_| entries.len() == limit.min(parley_archive::MAX_LISTED))
+        .filter(|_| entries.len() == limit)
         .map(|oldest| oldest.seq);
     Ok(Json(serde_json::json!({
         "count": entries.len(),
@@ -658,10 +668,10 @@ mod tests {
             count: 6,
             sum_seconds: 2.5,
         };
-        let mut text = String::new();
-        write_histogram(&mut text, "x_seconds", "Help.", &histogram);
+        let mut text = MetricsText::default();
+        text.histogram("x_seconds", "Help.", &histogram);
         assert_eq!(
-            text,
+            text.0,
             "# HELP x_seconds Help.\n# TYPE x_seconds histogram\n\
              x_seconds_bucket{le=\"0.00025\"} 3\nx_seconds_bucket{le=\"0.001\"} 5\n\
              x_seconds_bucket{le=\"+Inf\"} 6\nx_seconds_sum 2.5\nx_seconds_count 6\n"
