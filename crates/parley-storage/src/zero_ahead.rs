@@ -3,11 +3,13 @@
 //!
 //! redb grows its file with `set_len`, which leaves a hole, and copy-on-write puts each commit's
 //! new pages at the growing end. On ext4 the first write into a hole allocates blocks, so the
-//! commit's `fdatasync` must also commit the filesystem journal: about twice the time of an
+//! commit's `fdatasync` must also write the allocation's metadata (the inode's extents and the
+//! bitmaps; the benchmark VM's ext4 has no journal, a journaled one commits its journal
+//! instead): about twice the time of an
 //! `fdatasync` over blocks already written (measured on the benchmark VM: p50 0.47 against 0.25
 //! ms for 20 scattered 4 KiB pages). Every message waits for one or two of those, so that time
 //! is most of a message's latency at moderate load. Preallocating with `fallocate` does not help
-//! (its unwritten extents are converted, which is a journal commit too); writing zeros does.
+//! (its unwritten extents are converted, which is a metadata write too); writing zeros does.
 //!
 //! So before a write lands where nothing has been written since the file was opened, the file
 //! around it, from the [`ZERO_AHEAD`] boundary below it to one [`ZERO_AHEAD`] past the boundary
