@@ -305,6 +305,41 @@ async fn admin_api_serves_health_metrics_and_the_archive_to_admins_only() {
     let verified = request(addr, "GET", "/archive/verify", ADMIN, None).await;
     assert_eq!(verified.status, 200, "{}", verified.body);
     assert!(verified.body.contains("\"intact\":true"), "{}", verified.body);
+    // The head it reports, kept outside, is checked on the next call; a wrong hash for the same
+    // record is a tampered chain, and a malformed checkpoint a bad request.
+    let report: serde_json::Value = serde_json::from_str(&verified.body).expect("JSON");
+    let (seq, hash) = (
+        report["head"]["seq"].as_u64().expect("head seq"),
+        report["head"]["hash"].as_str().expect("head hash").to_owned(),
+    );
+    assert!(seq > 0, "{report}");
+    let path = format!("/archive/verify?checkpoints={seq}:{hash},0:{}", "0".repeat(64));
+    let against = request(addr, "GET", &path, ADMIN, None).await;
+    let against: serde_json::Value = serde_json::from_str(&against.body).expect("JSON");
+    assert_eq!(against["intact"], true, "{against}");
+    assert_eq!(against["outside_matched"], 2, "{against}");
+    let wrong = if hash.starts_with('0') { "1" } else { "0" }.repeat(64);
+    let tampered = request(
+        addr,
+        "GET",
+        &format!("/archive/verify?checkpoints={seq}:{wrong}"),
+        ADMIN,
+        None,
+    )
+    .await;
+    assert_eq!(tampered.status, 200, "{}", tampered.body);
+    let tampered: serde_json::Value = serde_json::from_str(&tampered.body).expect("JSON");
+    assert_eq!(tampered["intact"], false, "{tampered}");
+    assert!(
+        tampered["problem"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("kept outside"),
+        "{tampered}"
+    );
+    let malformed = request(addr, "GET", "/archive/verify?checkpoints=12:nothex", ADMIN, None).await;
+    assert_eq!(malformed.status, 400, "{}", malformed.body);
+    assert!(malformed.body.contains("SEQ:HEX"), "{}", malformed.body);
 
     alice.logout().await;
     bob.logout().await;

@@ -172,7 +172,7 @@ impl ChildServer {
                  [c2s]\nstarttls_listen = [\"{starttls}\"]\ndirect_tls_listen = [\"{direct}\"]\n\
                  [admin_http]\nlisten = \"{admin}\"\n\
                  [archive]\npurge_interval = \"0\"\n\
-                 [log]\nlevel = \"warn\"\n",
+                 [log]\nlevel = \"warn,parley_archive=info\"\n",
                 cert = ca.cert_path,
                 key = ca.key_path,
             ),
@@ -453,6 +453,21 @@ async fn every_delivered_message_survives_a_sigkill_and_the_chain_verifies() {
     );
     assert!(archived.len() >= seen.len());
 
+    // The first server logged the checkpoints it kept (plain text: no colours in a file); the
+    // restart below starts a new log.
+    let log = std::fs::read_to_string(server.dir.path().join("server.log")).expect("the server log");
+    assert!(!log.contains('\u{1b}'), "no terminal escapes in a log file");
+    let logged: Vec<String> = log
+        .lines()
+        .filter(|line| line.contains("archive checkpoint kept"))
+        .filter_map(|line| line.split("checkpoint=").nth(1)?.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        !logged.is_empty(),
+        "a new archive keeps a checkpoint at its first commit:\n{log}"
+    );
+
     // After a restart the chain continues where it stopped.
     server.configure_fresh_ports();
     let mut child = server.serve().await;
@@ -512,6 +527,45 @@ async fn every_delivered_message_survives_a_sigkill_and_the_chain_verifies() {
         .and_then(|count| count.trim().parse().ok())
         .unwrap_or_else(|| panic!("a message count in {report:?}"));
     assert_eq!(messages_now as usize, archived.len() + 1, "{report}");
+    // Checkpoints kept outside the store: the head the first export's manifest recorded, and the
+    // head this verify printed, both still hold; a different hash for that head does not.
+    let manifest = server.dir.path().join("export-1").join("manifest.json");
+    let head = report
+        .split("head ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| c == ';' || c.is_whitespace()).next())
+        .unwrap_or_else(|| panic!("a head in {report:?}"))
+        .to_owned();
+    let (intact, against) = server.archive(&[
+        "verify",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--checkpoint",
+        &head,
+    ]);
+    assert!(
+        intact && against.contains("all 2 checkpoints kept outside match"),
+        "{against}"
+    );
+    let (seq, hash) = head.split_once(':').expect("SEQ:HEX");
+    let forged = format!(
+        "{seq}:{}",
+        if hash.starts_with('0') { "1" } else { "0" }.repeat(64)
+    );
+    let (intact, against) = server.archive(&["verify", "--checkpoint", &forged]);
+    assert!(
+        !intact && against.contains("TAMPERED") && against.contains("kept outside"),
+        "{against}"
+    );
+    // The checkpoints the killed server logged kept outside the store too.
+    let mut args = vec!["verify"];
+    for checkpoint in &logged {
+        args.extend(["--checkpoint", checkpoint.as_str()]);
+    }
+    let (intact, against) = server.archive(&args);
+    assert!(intact && against.contains("kept outside match"), "{against}");
+    let (ok, refused) = server.archive(&["verify", "--checkpoint", "7"]);
+    assert!(!ok && refused.contains("SEQ:HEX"), "{refused}");
     let (ok, output) = server.archive(&["search", "--keyword", "AFTER-RESTART"]);
     assert!(ok && output.starts_with("1 messages"), "{output}");
     let (ok, log) = server.archive(&["access-log"]);

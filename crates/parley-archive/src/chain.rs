@@ -29,6 +29,7 @@ use crate::entry::{
     Body, CHAIN_OWNER, CHECKPOINT_OWNER, Checkpoint, Entry, HEAD_KEY, Hash, META_OWNER, entry_reference,
     hash_bytes, seq_key,
 };
+use crate::verify::OutsideCheckpoint;
 
 /// Most entries in one chain batch.
 pub const MAX_BATCH_ENTRIES: usize = 4096;
@@ -326,6 +327,12 @@ impl ChainTask {
                 self.head_bytes = Some(head_bytes);
                 if due {
                     self.last_checkpoint = head;
+                    // A copy outside the store, wherever the log goes: `parley archive verify
+                    // --checkpoint` later proves nobody rewrote the chain up to here.
+                    tracing::info!(
+                        checkpoint = %OutsideCheckpoint::from(&head),
+                        "archive checkpoint kept"
+                    );
                 }
                 let mut ids = committed.ids.into_iter();
                 for done in prepared {

@@ -51,7 +51,7 @@ pub use mam::{MamModule, MamOptions, MamPrefs, PrefsDefault, RosterContacts};
 pub use retention::{LegalHold, PurgeReport, RetentionPolicy};
 pub use search::{Hit, SearchFilter, SearchResult, fold, qualified_user};
 pub use stage::{ArchiveStage, NS_SID, strip_local_stanza_ids};
-pub use verify::{Tamper, VerifyReport};
+pub use verify::{OutsideCheckpoint, Tamper, VerifyReport};
 
 use entry::{
     ACCESS_OWNER, AccessRecord, CHAIN_OWNER, Entry, HOLD_OWNER, HOLDS_VERSION_KEY, HoldRecord, META_OWNER,
@@ -223,7 +223,13 @@ impl ComplianceArchive {
 
     /// Walks the whole chain; see [`VerifyReport`].
     pub async fn verify(&self) -> Result<VerifyReport, ArchiveError> {
-        verify::verify(self.kv.as_ref()).await
+        verify::verify(self.kv.as_ref(), &[]).await
+    }
+
+    /// [`Self::verify`], and each record named by a checkpoint kept outside the store must have
+    /// that hash (and lie at or below the head).
+    pub async fn verify_against(&self, outside: &[OutsideCheckpoint]) -> Result<VerifyReport, ArchiveError> {
+        verify::verify(self.kv.as_ref(), outside).await
     }
 
     /// Bare JIDs of the department's current members, from the directory.

@@ -397,26 +397,28 @@ async fn removing_a_record_is_found_and_named() {
     }
 }
 
-#[tokio::test]
-async fn cutting_off_the_newest_records_and_rewriting_the_head_is_found() {
-    let (fixture, _dir) = tamper_fixture(10).await;
+/// What a careful tamperer does to hide the newest records: deletes every record after `kept`
+/// (and, with `checkpoints_too`, every stored checkpoint after it) and sets the head to `kept`.
+async fn cut_chain_to(fixture: &Fixture, kept: u64, checkpoints_too: bool) {
     let kv = fixture.store.as_ref();
-    // Entries 8-10 deleted and the head rewritten to entry 7, as a careful tamperer would.
-    let kept = kv
-        .get(Space::Compliance, CHAIN_OWNER, &seq_key(7))
+    let head = fixture.archive.head().await.unwrap();
+    let kept_bytes = kv
+        .get(Space::Compliance, CHAIN_OWNER, &seq_key(kept))
         .await
         .unwrap()
         .unwrap();
-    let kept_ts = Entry::from_bytes(&kept).unwrap().ts;
     let forged_head = Checkpoint {
-        seq: 7,
-        hash: entry::hash_bytes(&kept),
-        ts: kept_ts,
-        appended: 7,
+        seq: kept,
+        hash: hash_bytes(&kept_bytes),
+        ts: Entry::from_bytes(&kept_bytes).unwrap().ts,
+        appended: kept,
     };
     let mut batch = WriteBatch::new();
-    for seq in 8..=10 {
+    for seq in kept + 1..=head.seq {
         batch.delete(Space::Compliance, CHAIN_OWNER, seq_key(seq));
+        if checkpoints_too {
+            batch.delete(Space::Meta, entry::CHECKPOINT_OWNER, seq_key(seq));
+        }
     }
     batch.put(
         Space::Meta,
@@ -425,6 +427,12 @@ async fn cutting_off_the_newest_records_and_rewriting_the_head_is_found() {
         forged_head.to_bytes(),
     );
     kv.apply(batch).await.unwrap();
+}
+
+#[tokio::test]
+async fn cutting_off_the_newest_records_and_rewriting_the_head_is_found() {
+    let (fixture, _dir) = tamper_fixture(10).await;
+    cut_chain_to(&fixture, 7, false).await;
     let report = fixture.archive.verify().await.unwrap();
     assert!(
         matches!(report.problem, Some(Tamper::Removed { seq: 8, .. })),
@@ -477,6 +485,184 @@ async fn a_rewritten_record_contradicts_its_checkpoint() {
         report.to_string().contains("record 3") || report.to_string().contains("record 4"),
         "{report}"
     );
+}
+
+/// What a careful tamperer with write access to the store does: edits record `edited`, re-links
+/// every later record to it, and rewrites the head and every stored checkpoint from there on, so
+/// the chain is consistent again.
+async fn rewrite_chain_from(fixture: &Fixture, edited: u64) {
+    let kv = fixture.store.as_ref();
+    let head = fixture.archive.head().await.unwrap();
+    let mut prev = None;
+    let mut batch = WriteBatch::new();
+    for seq in edited..=head.seq {
+        let mut entry = chain_entry(kv, seq).await.unwrap();
+        if seq == edited
+            && let Body::Message(message) = &mut entry.body
+        {
+            message.body = Some("rewritten".into());
+        }
+        if let Some(prev) = prev {
+            entry.prev = hex::encode(prev);
+        }
+        let bytes = entry.to_bytes();
+        let hash = hash_bytes(&bytes);
+        batch.put(Space::Compliance, CHAIN_OWNER, seq_key(seq), bytes);
+        let rewritten = Checkpoint {
+            seq,
+            hash,
+            ts: entry.ts,
+            appended: seq,
+        };
+        let stored = kv
+            .get(Space::Meta, entry::CHECKPOINT_OWNER, &seq_key(seq))
+            .await
+            .unwrap();
+        if stored.is_some() {
+            batch.put(
+                Space::Meta,
+                entry::CHECKPOINT_OWNER,
+                seq_key(seq),
+                rewritten.to_bytes(),
+            );
+        }
+        if seq == head.seq {
+            batch.put(
+                Space::Meta,
+                entry::META_OWNER,
+                entry::HEAD_KEY,
+                rewritten.to_bytes(),
+            );
+        }
+        prev = Some(hash);
+    }
+    kv.apply(batch).await.unwrap();
+}
+
+/// Record `seq` as it is stored now, as a checkpoint kept outside.
+async fn stored_checkpoint(fixture: &Fixture, seq: u64) -> OutsideCheckpoint {
+    let bytes = fixture
+        .store
+        .get(Space::Compliance, CHAIN_OWNER, &seq_key(seq))
+        .await
+        .unwrap()
+        .unwrap();
+    OutsideCheckpoint {
+        seq,
+        hash: hash_bytes(&bytes),
+    }
+}
+
+#[tokio::test]
+async fn a_rewritten_chain_passes_alone_and_fails_against_a_checkpoint_kept_outside() {
+    let (fixture, _dir) = tamper_fixture(10).await;
+    let head_before = OutsideCheckpoint::from(&fixture.archive.head().await.unwrap());
+    let sixth_before = stored_checkpoint(&fixture, 6).await;
+    let report = fixture
+        .archive
+        .verify_against(&[head_before, sixth_before])
+        .await
+        .unwrap();
+    assert!(report.is_intact(), "{report}");
+    assert_eq!(report.outside_matched, 2);
+    assert!(
+        report
+            .to_string()
+            .ends_with("all 2 checkpoints kept outside match"),
+        "{report}"
+    );
+
+    rewrite_chain_from(&fixture, 5).await;
+    let alone = fixture.archive.verify().await.unwrap();
+    assert!(
+        alone.is_intact(),
+        "a rewrite from the edit onwards is consistent in itself: {alone}"
+    );
+    let report = fixture.archive.verify_against(&[head_before]).await.unwrap();
+    assert!(
+        matches!(&report.problem, Some(Tamper::Edited { seq: 10, detail }) if detail.contains("kept outside")),
+        "{report}"
+    );
+    let report = fixture
+        .archive
+        .verify_against(&[head_before, sixth_before])
+        .await
+        .unwrap();
+    assert!(
+        matches!(report.problem, Some(Tamper::Edited { seq: 6, .. })),
+        "the oldest outside checkpoint after the edit names it first: {report}"
+    );
+    // Records before the edit are untouched, so an outside checkpoint below it still matches.
+    let third = stored_checkpoint(&fixture, 3).await;
+    let report = fixture.archive.verify_against(&[third]).await.unwrap();
+    assert!(report.is_intact(), "{report}");
+    assert!(
+        report
+            .to_string()
+            .ends_with("the checkpoint kept outside matches"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn a_head_cut_below_a_checkpoint_kept_outside_is_found() {
+    let (fixture, _dir) = tamper_fixture(10).await;
+    let head_before = OutsideCheckpoint::from(&fixture.archive.head().await.unwrap());
+    cut_chain_to(&fixture, 7, true).await;
+    assert!(fixture.archive.verify().await.unwrap().is_intact());
+    let report = fixture.archive.verify_against(&[head_before]).await.unwrap();
+    assert!(
+        matches!(&report.problem, Some(Tamper::Removed { seq: 8, detail }) if detail.contains("record 10")),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn the_chain_start_as_an_outside_checkpoint() {
+    let (fixture, _dir) = tamper_fixture(2).await;
+    // An export of an empty archive keeps record 0 with no hash (all zeros).
+    let start = OutsideCheckpoint::from(&Checkpoint::EMPTY);
+    let report = fixture.archive.verify_against(&[start]).await.unwrap();
+    assert!(report.is_intact(), "{report}");
+    assert_eq!(report.outside_matched, 1);
+    let wrong = OutsideCheckpoint {
+        seq: 0,
+        hash: [7; 32],
+    };
+    let report = fixture.archive.verify_against(&[wrong]).await.unwrap();
+    assert!(
+        matches!(report.problem, Some(Tamper::Edited { seq: 0, .. })),
+        "{report}"
+    );
+}
+
+#[test]
+fn outside_checkpoints_are_read_as_seq_colon_hex() {
+    let checkpoint = OutsideCheckpoint {
+        seq: 42,
+        hash: [0xab; 32],
+    };
+    let text = checkpoint.to_string();
+    assert_eq!(text, format!("42:{}", "ab".repeat(32)));
+    assert_eq!(text.parse::<OutsideCheckpoint>().unwrap(), checkpoint);
+    assert_eq!(
+        format!(" {text}\n").parse::<OutsideCheckpoint>().unwrap(),
+        checkpoint
+    );
+    for bad in [
+        "42".to_owned(),
+        format!("x:{}", "ab".repeat(32)),
+        format!("-1:{}", "ab".repeat(32)),
+        "42:abab".to_owned(),
+        format!("42:{}", "zz".repeat(32)),
+        format!("42:{}00", "ab".repeat(32)),
+    ] {
+        let error = bad.parse::<OutsideCheckpoint>().unwrap_err();
+        assert!(
+            matches!(&error, ArchiveError::Invalid(why) if why.contains("SEQ:HEX")),
+            "{bad}: {error}"
+        );
+    }
 }
 
 fn retention_options() -> ArchiveOptions {

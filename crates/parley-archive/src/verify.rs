@@ -4,10 +4,15 @@
 //! What it proves: every entry from 1 to the head is present (or tombstoned by a purge entry that
 //! commits to exactly those tombstones), each holds the hash of its predecessor, the newest one
 //! matches the head, and every kept checkpoint matches. What it cannot prove alone: that nobody
-//! rewrote the whole chain and head from the edit onwards (SHA-256 is keyless); comparing the
-//! head with a checkpoint kept elsewhere (an export manifest) closes that gap.
+//! rewrote the whole chain and head from the edit onwards (SHA-256 is keyless). Checkpoints kept
+//! outside the store close that gap ([`OutsideCheckpoint`]: the server logs every checkpoint it
+//! keeps, each export manifest holds the head, and each `verify` prints it): whoever rewrote the
+//! chain cannot rewrite those copies, and a record's hash that differs from one, or a head below
+//! one, names the tampering.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::str::FromStr;
 
 use parley_storage::{KeyValue, Space};
 
@@ -49,8 +54,52 @@ pub struct VerifyReport {
     /// Entries purged by retention, covered by tombstones.
     pub purged: u64,
     pub head: Checkpoint,
+    /// Checkpoints kept outside the store that the chain matched.
+    pub outside_matched: u64,
     /// None: intact.
     pub problem: Option<Tamper>,
+}
+
+/// A record's position and hash kept outside the store, written `SEQ:HEX` (the hex of the
+/// SHA-256, as `verify` prints the head and the server logs each checkpoint it keeps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutsideCheckpoint {
+    pub seq: u64,
+    pub hash: Hash,
+}
+
+impl From<&Checkpoint> for OutsideCheckpoint {
+    fn from(checkpoint: &Checkpoint) -> Self {
+        OutsideCheckpoint {
+            seq: checkpoint.seq,
+            hash: checkpoint.hash,
+        }
+    }
+}
+
+impl fmt::Display for OutsideCheckpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.seq, hex::encode(self.hash))
+    }
+}
+
+impl FromStr for OutsideCheckpoint {
+    type Err = ArchiveError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = |why: &str| {
+            ArchiveError::Invalid(format!(
+                "checkpoint {text:?}: {why} (expected SEQ:HEX, the record number and its 64-digit SHA-256)"
+            ))
+        };
+        let (seq, hash) = text.trim().split_once(':').ok_or_else(|| invalid("no ':'"))?;
+        let seq = seq
+            .parse()
+            .map_err(|_| invalid("the record number is not a number"))?;
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(hash, &mut bytes).map_err(|_| invalid("the hash is not 64 hex digits"))?;
+        Ok(OutsideCheckpoint { seq, hash: bytes })
+    }
 }
 
 impl VerifyReport {
@@ -62,15 +111,21 @@ impl VerifyReport {
 impl std::fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.problem {
-            None => write!(
-                f,
-                "intact, {} records ({} messages, {} purged), head {} {}",
-                self.records,
-                self.messages,
-                self.purged,
-                self.head.seq,
-                hex::encode(self.head.hash)
-            ),
+            None => {
+                write!(
+                    f,
+                    "intact, {} records ({} messages, {} purged), head {}",
+                    self.records,
+                    self.messages,
+                    self.purged,
+                    OutsideCheckpoint::from(&self.head)
+                )?;
+                match self.outside_matched {
+                    0 => Ok(()),
+                    1 => write!(f, "; the checkpoint kept outside matches"),
+                    n => write!(f, "; all {n} checkpoints kept outside match"),
+                }
+            }
             Some(problem) => write!(f, "TAMPERED: {problem}"),
         }
     }
@@ -89,9 +144,15 @@ struct Walk {
     messages: u64,
     purged: u64,
     purges: HashMap<u64, PurgeDigest>,
+    /// Hashes kept outside the store, by record.
+    outside: BTreeMap<u64, Vec<Hash>>,
+    outside_matched: u64,
 }
 
-pub(crate) async fn verify(kv: &dyn KeyValue) -> Result<VerifyReport, ArchiveError> {
+pub(crate) async fn verify(
+    kv: &dyn KeyValue,
+    outside: &[OutsideCheckpoint],
+) -> Result<VerifyReport, ArchiveError> {
     let (head, _) = load_head(kv).await?;
     let mut walk = Walk {
         head,
@@ -101,16 +162,31 @@ pub(crate) async fn verify(kv: &dyn KeyValue) -> Result<VerifyReport, ArchiveErr
         messages: 0,
         purged: 0,
         purges: HashMap::new(),
+        outside: BTreeMap::new(),
+        outside_matched: 0,
     };
-    let problem = match walk.run(kv).await? {
+    for checkpoint in outside {
+        walk.outside
+            .entry(checkpoint.seq)
+            .or_default()
+            .push(checkpoint.hash);
+    }
+    let problem = match walk.outside_start() {
         Some(problem) => Some(problem),
-        None => checkpoint_beyond_head(kv, &head).await?,
+        None => match walk.run(kv).await? {
+            Some(problem) => Some(problem),
+            None => match walk.outside_beyond_head() {
+                Some(problem) => Some(problem),
+                None => checkpoint_beyond_head(kv, &head).await?,
+            },
+        },
     };
     Ok(VerifyReport {
         records: walk.records,
         messages: walk.messages,
         purged: walk.purged,
         head,
+        outside_matched: walk.outside_matched,
         problem,
     })
 }
@@ -140,6 +216,33 @@ async fn checkpoint_beyond_head(
 }
 
 impl Walk {
+    /// Record 0 is the chain's start (an export of an empty archive keeps it): its hash is fixed.
+    fn outside_start(&mut self) -> Option<Tamper> {
+        let hashes = self.outside.remove(&0)?;
+        if hashes.iter().all(|hash| *hash == GENESIS) {
+            self.outside_matched += hashes.len() as u64;
+            return None;
+        }
+        Some(Tamper::Edited {
+            seq: 0,
+            detail:
+                "a checkpoint kept outside the store gives record 0 a hash, but the chain starts from none"
+                    .into(),
+        })
+    }
+
+    /// Outside checkpoints the walk never reached: the chain was cut off below them.
+    fn outside_beyond_head(&self) -> Option<Tamper> {
+        let (seq, _) = self.outside.range(self.head.seq.saturating_add(1)..).next()?;
+        Some(Tamper::Removed {
+            seq: self.head.seq.saturating_add(1),
+            detail: format!(
+                "a checkpoint kept outside the store names record {seq}, beyond the head ({}): the newest records were cut off",
+                self.head.seq
+            ),
+        })
+    }
+
     async fn run(&mut self, kv: &dyn KeyValue) -> Result<Option<Tamper>, ArchiveError> {
         // One block past the head, so records inserted just after it are seen too.
         let mut blocks = BlockScan::chain(kv, 0, self.head.seq.saturating_add(crate::entry::BLOCK_SIZE));
@@ -279,6 +382,15 @@ impl Walk {
                 seq,
                 detail: "its hash differs from the checkpoint taken when it was written".into(),
             });
+        }
+        if let Some(kept_outside) = self.outside.get(&seq) {
+            if kept_outside.iter().any(|outside| *outside != hash) {
+                return Some(Tamper::Edited {
+                    seq,
+                    detail: "its hash differs from the checkpoint kept outside the store".into(),
+                });
+            }
+            self.outside_matched += kept_outside.len() as u64;
         }
         self.prev_hash = hash;
         self.expected = seq + 1;

@@ -569,15 +569,44 @@ async fn release_hold(
     change_hold(&state, &headers, &user, query, &body, false).await
 }
 
-async fn verify(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct VerifyParams {
+    /// Checkpoints kept outside the store, `SEQ:HEX` separated by commas.
+    checkpoints: Option<String>,
+}
+
+/// Most outside checkpoints one request may name.
+const MAX_OUTSIDE_CHECKPOINTS: usize = 1000;
+
+async fn verify(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    params: Result<Query<VerifyParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
     require_admin(&state, &headers).await?;
-    let report = state.archive.verify().await?;
+    let Query(params) = params.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let listed = params.checkpoints.unwrap_or_default();
+    let outside = listed
+        .split(',')
+        .filter(|item| !item.trim().is_empty())
+        .take(MAX_OUTSIDE_CHECKPOINTS + 1)
+        .map(str::parse::<parley_archive::OutsideCheckpoint>)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| ApiError::bad_request(error.to_string()))?;
+    if outside.len() > MAX_OUTSIDE_CHECKPOINTS {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_OUTSIDE_CHECKPOINTS} checkpoints per request"
+        )));
+    }
+    let report = state.archive.verify_against(&outside).await?;
     let mut body = BTreeMap::new();
     body.insert("intact", serde_json::json!(report.is_intact()));
     body.insert("records", serde_json::json!(report.records));
     body.insert("messages", serde_json::json!(report.messages));
     body.insert("purged", serde_json::json!(report.purged));
     body.insert("head", serde_json::json!(report.head));
+    body.insert("outside_matched", serde_json::json!(report.outside_matched));
     body.insert("summary", serde_json::json!(report.to_string()));
     if let Some(problem) = &report.problem {
         body.insert("problem", serde_json::json!(problem.to_string()));

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use parley_archive::{
-    ArchiveOptions, ComplianceArchive, ExportFormat, SearchFilter, SystemClock, qualified_user, rfc3339,
+    ArchiveOptions, ComplianceArchive, ExportFormat, ExportManifest, OutsideCheckpoint, SearchFilter,
+    SystemClock, qualified_user, rfc3339,
 };
 use parley_config::{Config, StorageBackend};
 use parley_proto::BareJid;
@@ -19,7 +20,16 @@ use parley_storage::{RedbStore, Store};
 pub enum ArchiveCommand {
     /// Walk the hash chain: report the first record edited, removed or inserted, or "intact".
     /// Exits with status 1 when the archive was tampered with.
-    Verify,
+    Verify {
+        /// A checkpoint kept outside the store, `SEQ:HEX` (as `verify` prints the head and the
+        /// server logs each checkpoint): record SEQ must still have that hash. Repeatable.
+        #[arg(long = "checkpoint", value_name = "SEQ:HEX")]
+        checkpoints: Vec<OutsideCheckpoint>,
+        /// An export's manifest.json: the chain head it recorded is checked the same way.
+        /// Repeatable.
+        #[arg(long = "manifest", value_name = "FILE")]
+        manifests: Vec<PathBuf>,
+    },
     /// Search messages; prints the counts and the first matches. Recorded in the access log.
     Search {
         #[command(flatten)]
@@ -202,13 +212,37 @@ async fn open(config: &Config) -> anyhow::Result<Arc<ComplianceArchive>> {
     .await?)
 }
 
+/// The chain head an export's manifest recorded.
+fn manifest_checkpoint(path: &std::path::Path) -> anyhow::Result<OutsideCheckpoint> {
+    // A manifest lists a few files and a filter; anything this large is not one.
+    const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_MANIFEST_BYTES + 1), &mut text)
+        .with_context(|| format!("reading {}", path.display()))?;
+    anyhow::ensure!(
+        text.len() as u64 <= MAX_MANIFEST_BYTES,
+        "{} is larger than an export manifest can be ({MAX_MANIFEST_BYTES} bytes)",
+        path.display()
+    );
+    let manifest: ExportManifest = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not an export manifest", path.display()))?;
+    Ok(OutsideCheckpoint::from(&manifest.checkpoint))
+}
+
 /// Runs one `parley archive` command.
 pub async fn run(config: &Config, command: ArchiveCommand) -> anyhow::Result<()> {
     let archive = open(config).await?;
     let domain = config.server.domain.as_str();
     match command {
-        ArchiveCommand::Verify => {
-            let report = archive.verify().await?;
+        ArchiveCommand::Verify {
+            mut checkpoints,
+            manifests,
+        } => {
+            for path in &manifests {
+                checkpoints.push(manifest_checkpoint(path)?);
+            }
+            let report = archive.verify_against(&checkpoints).await?;
             println!("{report}");
             anyhow::ensure!(report.is_intact(), "the archive failed verification");
         }
