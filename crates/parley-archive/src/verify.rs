@@ -171,16 +171,17 @@ pub(crate) async fn verify(
             .or_default()
             .push(checkpoint.hash);
     }
-    let problem = match walk.outside_start() {
-        Some(problem) => Some(problem),
-        None => match walk.run(kv).await? {
-            Some(problem) => Some(problem),
-            None => match walk.outside_beyond_head() {
-                Some(problem) => Some(problem),
-                None => checkpoint_beyond_head(kv, &head).await?,
-            },
-        },
-    };
+    // The first problem found, in this order.
+    let mut problem = walk.outside_start();
+    if problem.is_none() {
+        problem = walk.run(kv).await?;
+    }
+    if problem.is_none() {
+        problem = walk.outside_beyond_head();
+    }
+    if problem.is_none() {
+        problem = checkpoint_beyond_head(kv, &head).await?;
+    }
     Ok(VerifyReport {
         records: walk.records,
         messages: walk.messages,
