@@ -4,13 +4,14 @@
 //! any size runs in constant memory and the manifest's SHA-256 values cost no second read.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::ArchiveError;
 use crate::entry::{Checkpoint, MessageRecord};
 use crate::search::SearchFilter;
 
@@ -74,6 +75,29 @@ pub struct ExportManifest {
     pub files: Vec<FileDigest>,
     /// The chain head when the export started: compare with a later `verify`.
     pub checkpoint: Checkpoint,
+}
+
+/// Largest manifest [`ExportManifest::read`] takes: one lists a few files and a filter, so
+/// anything this large is not one.
+pub const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
+
+impl ExportManifest {
+    /// Reads a `manifest.json` an export wrote (untrusted: bounded, and checked to be one).
+    pub fn read(path: &Path) -> Result<Self, ArchiveError> {
+        let mut text = Vec::new();
+        File::open(path)?
+            .take(MAX_MANIFEST_BYTES + 1)
+            .read_to_end(&mut text)?;
+        if text.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(ArchiveError::Invalid(format!(
+                "{} is larger than an export manifest can be ({MAX_MANIFEST_BYTES} bytes)",
+                path.display()
+            )));
+        }
+        serde_json::from_slice(&text).map_err(|error| {
+            ArchiveError::Invalid(format!("{} is not an export manifest: {error}", path.display()))
+        })
+    }
 }
 
 /// Writes and hashes one file.
@@ -427,6 +451,47 @@ fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifest_is_read_back_and_anything_else_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = ExportManifest {
+            format: ExportFormat::Jsonl,
+            actor: "admin".into(),
+            generated_at: "2026-11-23T08:00:00Z".into(),
+            filter: SearchFilter::default(),
+            messages: 0,
+            first_message_at: None,
+            last_message_at: None,
+            files: Vec::new(),
+            checkpoint: Checkpoint::EMPTY,
+        };
+        let good = dir.path().join("manifest.json");
+        std::fs::write(&good, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        assert_eq!(ExportManifest::read(&good).unwrap(), manifest);
+
+        let not_json = dir.path().join("notes.txt");
+        std::fs::write(&not_json, "not a manifest").unwrap();
+        let error = ExportManifest::read(&not_json).unwrap_err();
+        assert!(
+            matches!(&error, ArchiveError::Invalid(why) if why.contains("is not an export manifest")),
+            "{error}"
+        );
+        let huge = dir.path().join("huge.json");
+        std::fs::File::create(&huge)
+            .unwrap()
+            .set_len(MAX_MANIFEST_BYTES + 1)
+            .unwrap();
+        let error = ExportManifest::read(&huge).unwrap_err();
+        assert!(
+            matches!(&error, ArchiveError::Invalid(why) if why.contains("larger than")),
+            "{error}"
+        );
+        assert!(matches!(
+            ExportManifest::read(&dir.path().join("missing.json")),
+            Err(ArchiveError::Io(_))
+        ));
+    }
 
     #[test]
     fn csv_cells_that_spreadsheets_would_run_are_quoted_as_text() {

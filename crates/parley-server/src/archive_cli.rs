@@ -212,24 +212,6 @@ async fn open(config: &Config) -> anyhow::Result<Arc<ComplianceArchive>> {
     .await?)
 }
 
-/// The chain head an export's manifest recorded.
-fn manifest_checkpoint(path: &std::path::Path) -> anyhow::Result<OutsideCheckpoint> {
-    // A manifest lists a few files and a filter; anything this large is not one.
-    const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
-    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut text = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_MANIFEST_BYTES + 1), &mut text)
-        .with_context(|| format!("reading {}", path.display()))?;
-    anyhow::ensure!(
-        text.len() as u64 <= MAX_MANIFEST_BYTES,
-        "{} is larger than an export manifest can be ({MAX_MANIFEST_BYTES} bytes)",
-        path.display()
-    );
-    let manifest: ExportManifest = serde_json::from_slice(&text)
-        .with_context(|| format!("{} is not an export manifest", path.display()))?;
-    Ok(OutsideCheckpoint::from(&manifest.checkpoint))
-}
-
 /// Runs one `parley archive` command.
 pub async fn run(config: &Config, command: ArchiveCommand) -> anyhow::Result<()> {
     let archive = open(config).await?;
@@ -240,7 +222,9 @@ pub async fn run(config: &Config, command: ArchiveCommand) -> anyhow::Result<()>
             manifests,
         } => {
             for path in &manifests {
-                checkpoints.push(manifest_checkpoint(path)?);
+                let manifest = ExportManifest::read(path)
+                    .with_context(|| format!("reading the manifest {}", path.display()))?;
+                checkpoints.push(OutsideCheckpoint::from(&manifest.checkpoint));
             }
             let report = archive.verify_against(&checkpoints).await?;
             println!("{report}");
